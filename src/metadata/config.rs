@@ -1,0 +1,394 @@
+//! What the YAML says: one document is one connection.
+//!
+//! These types mirror the file format exactly (`deny_unknown_fields` everywhere), and their doc
+//! comments become the descriptions of the editor schema (`docs/metadata.schema.json`). They
+//! hold text as written; [`super::validate`] proves it and builds the settings the engine runs on.
+
+use std::collections::BTreeMap;
+
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+use super::values::{HumanDuration, Rate, SecretRef};
+
+/// A REST connection: an HTTP API reached at `endpoint`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "rest connection")]
+pub struct RestConnectionConfig {
+    /// Name of the connection, used in function references like `billing.create_invoice`.
+    /// Lowercase letters, digits and underscores, starting with a letter.
+    pub connection: String,
+    /// Connection type.
+    #[schemars(extend("const" = "rest"))]
+    pub r#type: String,
+    /// What this connection is for, shown in listings.
+    pub description: Option<String>,
+    /// Base URL every function's `path` is appended to, like `https://api.example.com/v1`.
+    pub endpoint: String,
+    /// Allow calls to loopback, private and link-local addresses. Default `false`: such
+    /// addresses are refused, so metadata cannot be turned against the internal network.
+    pub allow_private_network: Option<bool>,
+    /// How Switchboard authenticates to the service. Default: no authentication.
+    pub auth: Option<AuthConfig>,
+    /// Headers sent with every request of this connection.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Header carrying the stable per-callout idempotency key. Default `Idempotency-Key`.
+    pub idempotency_header: Option<String>,
+    /// Rate, concurrency and time limits.
+    pub limits: Option<LimitsConfig>,
+    /// How failed calls are retried.
+    pub retry: Option<RetryConfig>,
+    /// Named operations on this connection.
+    pub functions: Option<BTreeMap<String, RestFunctionConfig>>,
+}
+
+/// A SOAP connection: a SOAP 1.1 or 1.2 service reached at `endpoint`.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "soap connection")]
+pub struct SoapConnectionConfig {
+    /// Name of the connection, used in function references like `billing.create_invoice`.
+    pub connection: String,
+    /// Connection type.
+    #[schemars(extend("const" = "soap"))]
+    pub r#type: String,
+    /// What this connection is for, shown in listings.
+    pub description: Option<String>,
+    /// URL of the SOAP service, like `https://erp.example.com/InvoiceService`.
+    pub endpoint: String,
+    /// SOAP version: `"1.1"` (default) or `"1.2"`.
+    pub soap_version: Option<SoapVersion>,
+    /// Allow calls to loopback, private and link-local addresses. Default `false`.
+    pub allow_private_network: Option<bool>,
+    /// How Switchboard authenticates to the service. Default: no authentication.
+    pub auth: Option<AuthConfig>,
+    /// HTTP headers sent with every request of this connection.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// Rate, concurrency and time limits.
+    pub limits: Option<LimitsConfig>,
+    /// How failed calls are retried.
+    pub retry: Option<RetryConfig>,
+    /// Named operations on this connection.
+    pub functions: Option<BTreeMap<String, SoapFunctionConfig>>,
+}
+
+/// An S3 connection: a bucket on AWS S3 or any S3-compatible storage.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "s3 connection")]
+pub struct S3ConnectionConfig {
+    /// Name of the connection, used in function references like `crm_files.put`.
+    pub connection: String,
+    /// Connection type.
+    #[schemars(extend("const" = "s3"))]
+    pub r#type: String,
+    /// What this connection is for, shown in listings.
+    pub description: Option<String>,
+    /// Endpoint of an S3-compatible server, like `http://127.0.0.1:9000`. Default: AWS S3 for
+    /// the region.
+    pub endpoint: Option<String>,
+    /// Region, like `eu-central-1`. Default `us-east-1`.
+    pub region: Option<String>,
+    /// Bucket name.
+    pub bucket: String,
+    /// Address the bucket in the path (`endpoint/bucket/key`) rather than the host name;
+    /// most S3-compatible servers need this. Default `false`.
+    pub path_style: Option<bool>,
+    /// Server-side encryption: `AES256` or `aws:kms`. Default: the bucket's setting.
+    pub server_side_encryption: Option<ServerSideEncryption>,
+    /// KMS key id, with `server_side_encryption: aws:kms`.
+    pub kms_key_id: Option<String>,
+    /// Allow an endpoint on loopback, private and link-local addresses. Default `false`.
+    pub allow_private_network: Option<bool>,
+    /// Credentials: `type: aws` with static keys by secret reference, or without keys to use
+    /// the standard AWS credential chain. Default: the standard chain.
+    pub auth: Option<AuthConfig>,
+    /// Rate, concurrency and time limits.
+    pub limits: Option<LimitsConfig>,
+    /// How failed calls are retried.
+    pub retry: Option<RetryConfig>,
+    /// Named operations on the bucket.
+    pub functions: Option<BTreeMap<String, S3FunctionConfig>>,
+}
+
+/// A connection of a type added by a connector plugin. `settings` and each function's
+/// `request` are checked by the plugin.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "plugin connection")]
+pub struct PluginConnectionConfig {
+    /// Name of the connection.
+    pub connection: String,
+    /// The type name the plugin registered.
+    pub r#type: String,
+    /// What this connection is for, shown in listings.
+    pub description: Option<String>,
+    /// Base URL of the service, when it has one.
+    pub endpoint: Option<String>,
+    /// Allow calls to loopback, private and link-local addresses. Default `false`.
+    pub allow_private_network: Option<bool>,
+    /// How Switchboard authenticates to the service.
+    pub auth: Option<AuthConfig>,
+    /// Settings of the plugin, checked by it.
+    pub settings: Option<serde_json::Value>,
+    /// Rate, concurrency and time limits.
+    pub limits: Option<LimitsConfig>,
+    /// How failed calls are retried.
+    pub retry: Option<RetryConfig>,
+    /// Named operations.
+    pub functions: Option<BTreeMap<String, PluginFunctionConfig>>,
+}
+
+/// One REST operation: the request to build and how to read the answer.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RestFunctionConfig {
+    /// What the function does, shown in listings.
+    pub description: Option<String>,
+    /// HTTP method. Default `GET`.
+    pub method: Option<HttpMethod>,
+    /// Path after the endpoint, a template: `/invoices/{{ input.invoice_id }}`. Input values are
+    /// percent-encoded and can never change the host.
+    pub path: String,
+    /// Query parameters; each value is a template.
+    pub query: Option<BTreeMap<String, String>>,
+    /// Request headers; each value is a template.
+    pub headers: Option<BTreeMap<String, String>>,
+    /// JSON body; every string in it is a template (`"{{ input.amount }}"`).
+    pub body: Option<serde_json::Value>,
+    /// JSON Schema the callout's input must satisfy. Every `input.X` a template uses must be
+    /// declared in its `properties`. Default: an object with no declared fields.
+    pub input_schema: Option<serde_json::Value>,
+    /// JSON Schema the mapped result must satisfy.
+    pub output_schema: Option<serde_json::Value>,
+    /// Output mapping: result field → JSON Pointer into the response body, like
+    /// `{ invoice_id: /data/id }`. Default: the whole body.
+    pub output: Option<BTreeMap<String, String>>,
+}
+
+/// One SOAP operation.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SoapFunctionConfig {
+    /// What the function does, shown in listings.
+    pub description: Option<String>,
+    /// The SOAP action (`SOAPAction` header in 1.1, `action` parameter in 1.2).
+    pub action: Option<String>,
+    /// The body inside `<soap:Body>`, a template; input values are XML-escaped.
+    pub body: String,
+    /// JSON Schema the callout's input must satisfy.
+    pub input_schema: Option<serde_json::Value>,
+    /// JSON Schema the mapped result must satisfy.
+    pub output_schema: Option<serde_json::Value>,
+    /// Output mapping: result field → JSON Pointer into the response turned into JSON, like
+    /// `{ invoice_id: /CreateInvoiceResponse/InvoiceId }`.
+    pub output: Option<BTreeMap<String, String>>,
+}
+
+/// One operation on an S3 bucket.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct S3FunctionConfig {
+    /// What the function does, shown in listings.
+    pub description: Option<String>,
+    /// `put`, `get`, `presign`, `delete` or `list`.
+    pub operation: S3Operation,
+    /// Object key, a template: `invoices/{{ input.invoice_id }}.pdf`. Required except for `list`.
+    pub key: Option<String>,
+    /// Key prefix for `list`, a template.
+    pub prefix: Option<String>,
+    /// Lifetime of a presigned URL. Default `15m`.
+    pub expires: Option<HumanDuration>,
+    /// Content type for `put`.
+    pub content_type: Option<String>,
+    /// JSON Schema the callout's input must satisfy.
+    pub input_schema: Option<serde_json::Value>,
+    /// JSON Schema the mapped result must satisfy.
+    pub output_schema: Option<serde_json::Value>,
+    /// Output mapping: result field → JSON Pointer into the operation's result.
+    pub output: Option<BTreeMap<String, String>>,
+}
+
+/// One operation of a plugin connection.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PluginFunctionConfig {
+    /// What the function does, shown in listings.
+    pub description: Option<String>,
+    /// The request, in the plugin's own shape.
+    pub request: Option<serde_json::Value>,
+    /// JSON Schema the callout's input must satisfy.
+    pub input_schema: Option<serde_json::Value>,
+    /// JSON Schema the mapped result must satisfy.
+    pub output_schema: Option<serde_json::Value>,
+    /// Output mapping: result field → JSON Pointer into the plugin's result.
+    pub output: Option<BTreeMap<String, String>>,
+}
+
+/// How Switchboard authenticates. `type` decides which other keys apply.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// `none`, `basic`, `bearer`, `api_key`, `oauth2_client_credentials`,
+    /// `oauth2_refresh_token` or `aws`.
+    pub r#type: AuthKind,
+    /// `basic`: user name (plain text or a secret reference).
+    pub username: Option<String>,
+    /// `basic`: password, a secret reference.
+    pub password: Option<SecretRef>,
+    /// `bearer`: token, a secret reference.
+    pub token: Option<SecretRef>,
+    /// `api_key`: where the key goes, `header` or `query`.
+    pub r#in: Option<ApiKeyLocation>,
+    /// `api_key`: header or query parameter name, like `X-Api-Key`.
+    pub name: Option<String>,
+    /// `api_key`: the key, a secret reference.
+    pub value: Option<SecretRef>,
+    /// `oauth2_*`: token endpoint URL.
+    pub token_url: Option<String>,
+    /// `oauth2_*`: client id.
+    pub client_id: Option<String>,
+    /// `oauth2_*`: client secret, a secret reference (optional for `oauth2_refresh_token`).
+    pub client_secret: Option<SecretRef>,
+    /// `oauth2_refresh_token`: the refresh token, a secret reference.
+    pub refresh_token: Option<SecretRef>,
+    /// `oauth2_*`: scopes to ask for.
+    pub scopes: Option<Vec<String>>,
+    /// `oauth2_client_credentials`: audience, for providers that want one.
+    pub audience: Option<String>,
+    /// `aws`: access key id, a secret reference. Leave out both keys for the standard chain.
+    pub access_key_id: Option<SecretRef>,
+    /// `aws`: secret access key, a secret reference.
+    pub secret_access_key: Option<SecretRef>,
+    /// `aws`: session token for temporary credentials, a secret reference.
+    pub session_token: Option<SecretRef>,
+}
+
+/// Kinds of outbound authentication.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthKind {
+    None,
+    Basic,
+    Bearer,
+    ApiKey,
+    #[serde(rename = "oauth2_client_credentials")]
+    #[schemars(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials,
+    #[serde(rename = "oauth2_refresh_token")]
+    #[schemars(rename = "oauth2_refresh_token")]
+    OAuth2RefreshToken,
+    Aws,
+}
+
+impl AuthKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthKind::None => "none",
+            AuthKind::Basic => "basic",
+            AuthKind::Bearer => "bearer",
+            AuthKind::ApiKey => "api_key",
+            AuthKind::OAuth2ClientCredentials => "oauth2_client_credentials",
+            AuthKind::OAuth2RefreshToken => "oauth2_refresh_token",
+            AuthKind::Aws => "aws",
+        }
+    }
+}
+
+/// Where an API key is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ApiKeyLocation {
+    Header,
+    Query,
+}
+
+/// HTTP methods a REST function may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    Get,
+    Post,
+    Put,
+    Patch,
+    Delete,
+    Head,
+}
+
+impl HttpMethod {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HttpMethod::Get => "GET",
+            HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
+            HttpMethod::Head => "HEAD",
+        }
+    }
+}
+
+/// SOAP protocol versions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum SoapVersion {
+    #[serde(rename = "1.1")]
+    #[schemars(rename = "1.1")]
+    V1_1,
+    #[serde(rename = "1.2")]
+    #[schemars(rename = "1.2")]
+    V1_2,
+}
+
+/// S3 server-side encryption modes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+pub enum ServerSideEncryption {
+    #[serde(rename = "AES256")]
+    #[schemars(rename = "AES256")]
+    Aes256,
+    #[serde(rename = "aws:kms")]
+    #[schemars(rename = "aws:kms")]
+    AwsKms,
+}
+
+/// Operations an S3 function performs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum S3Operation {
+    Put,
+    Get,
+    Presign,
+    Delete,
+    List,
+}
+
+/// Limits on how hard Switchboard calls the connection.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Calls per second, minute or hour, like `10/s` or `600/min`. Default: unlimited.
+    pub rate: Option<Rate>,
+    /// Calls allowed at once above the steady rate. Default: the rate's count, rounded up
+    /// (`10/s` → 10).
+    pub burst: Option<u32>,
+    /// Calls in flight at once to this connection. Default: only the global cap applies.
+    pub concurrency: Option<u32>,
+    /// Total deadline of one attempt, connect to last byte. Default `30s`.
+    pub timeout: Option<HumanDuration>,
+    /// Deadline for opening the connection. Default `10s`.
+    pub connect_timeout: Option<HumanDuration>,
+}
+
+/// How failed calls are retried: exponential backoff with full jitter.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included. `1` means no retry. Default `5`.
+    pub max_attempts: Option<u32>,
+    /// Delay before the first retry; it doubles each time. Default `1s`.
+    pub initial_delay: Option<HumanDuration>,
+    /// Longest delay between attempts. Default `5m`.
+    pub max_delay: Option<HumanDuration>,
+    /// Give up once a callout is this old. Default `24h`.
+    pub max_age: Option<HumanDuration>,
+}

@@ -1,0 +1,288 @@
+//! What validation proved: the metadata the engine runs on.
+//!
+//! Every value here has been checked: URLs parsed, rates and durations read, JSON Schemas
+//! compiled, templates parsed and their fields declared. Defaults are filled in, so a reader
+//! never has to know them. Secrets are still references; they are read when the engine builds
+//! its clients ([`Metadata::check_secrets`] tries them all without keeping any value).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use url::Url;
+
+use super::config::{ApiKeyLocation, HttpMethod, S3Operation, ServerSideEncryption, SoapVersion};
+use super::problem::Problem;
+use super::values::{Rate, SecretRef};
+use super::yaml::Pos;
+
+/// All connections of a metadata folder, by name.
+#[derive(Debug, Clone, Default)]
+pub struct Metadata {
+    pub connections: BTreeMap<String, Arc<Connection>>,
+}
+
+impl Metadata {
+    /// The function `connection.function`, if both exist.
+    pub fn function(&self, reference: &str) -> Option<(&Arc<Connection>, &Function)> {
+        let (conn, func) = reference.split_once('.')?;
+        let connection = self.connections.get(conn)?;
+        Some((connection, connection.functions.get(func)?))
+    }
+
+    /// Every function, as (`connection.function`, connection, function), sorted.
+    pub fn functions(&self) -> impl Iterator<Item = (String, &Arc<Connection>, &Function)> {
+        self.connections.iter().flat_map(|(cname, conn)| {
+            conn.functions
+                .iter()
+                .map(move |(fname, f)| (format!("{cname}.{fname}"), conn, f))
+        })
+    }
+
+    /// Tries every secret reference with `env` for environment variables, and reports each
+    /// one that cannot be read. Values are dropped at once.
+    pub fn check_secrets(&self, env: &dyn Fn(&str) -> Option<String>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        for conn in self.connections.values() {
+            let base = conn.source.file.parent().unwrap_or(Path::new("."));
+            for used in &conn.secrets {
+                if let Err(message) = used.reference.resolve(env, base) {
+                    problems.push(Problem {
+                        file: conn.source.file.clone(),
+                        line: used.pos.line,
+                        column: used.pos.col,
+                        path: used.path.clone(),
+                        message,
+                    });
+                }
+            }
+        }
+        problems
+    }
+}
+
+/// Where something was defined.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Source {
+    pub file: PathBuf,
+    pub pos: Pos,
+}
+
+/// A place a secret reference is used, for reporting it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretUse {
+    pub path: String,
+    pub pos: Pos,
+    pub reference: SecretRef,
+}
+
+/// One validated connection.
+#[derive(Debug, Clone)]
+pub struct Connection {
+    pub name: String,
+    /// `rest`, `soap`, `s3` or a plugin's type name.
+    pub type_name: String,
+    pub description: Option<String>,
+    pub source: Source,
+    /// Base URL (REST, SOAP, plugins that have one; S3 when not AWS).
+    pub endpoint: Option<Url>,
+    pub allow_private_network: bool,
+    pub auth: Auth,
+    /// Headers sent with every request.
+    pub headers: Vec<(String, String)>,
+    pub limits: Limits,
+    pub retry: RetryPolicy,
+    pub protocol: Protocol,
+    pub functions: BTreeMap<String, Function>,
+    /// Every secret reference of the connection, with where it is written.
+    pub secrets: Vec<SecretUse>,
+}
+
+/// What is particular to each connection type.
+#[derive(Debug, Clone)]
+pub enum Protocol {
+    Rest {
+        idempotency_header: String,
+    },
+    Soap {
+        version: SoapVersion,
+    },
+    S3 {
+        bucket: String,
+        region: String,
+        path_style: bool,
+        server_side_encryption: Option<ServerSideEncryption>,
+        kms_key_id: Option<String>,
+    },
+    Plugin {
+        settings: serde_json::Value,
+    },
+}
+
+/// Outbound authentication, with secrets as references.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Auth {
+    None,
+    Basic {
+        username: String,
+        password: SecretRef,
+    },
+    Bearer {
+        token: SecretRef,
+    },
+    ApiKey {
+        location: ApiKeyLocation,
+        name: String,
+        value: SecretRef,
+    },
+    OAuth2ClientCredentials {
+        token_url: Url,
+        client_id: String,
+        client_secret: SecretRef,
+        scopes: Vec<String>,
+        audience: Option<String>,
+    },
+    OAuth2RefreshToken {
+        token_url: Url,
+        client_id: String,
+        client_secret: Option<SecretRef>,
+        refresh_token: SecretRef,
+        scopes: Vec<String>,
+    },
+    /// Static keys, or `None` for the standard AWS credential chain.
+    Aws {
+        keys: Option<AwsKeys>,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct AwsKeys {
+    pub access_key_id: SecretRef,
+    pub secret_access_key: SecretRef,
+    pub session_token: Option<SecretRef>,
+}
+
+/// Limits with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    pub rate: Option<Rate>,
+    pub burst: u32,
+    pub concurrency: Option<u32>,
+    pub timeout: Duration,
+    pub connect_timeout: Duration,
+}
+
+impl Limits {
+    pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
+    pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+}
+
+/// Retry policy with defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub initial_delay: Duration,
+    pub max_delay: Duration,
+    pub max_age: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 5,
+            initial_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(300),
+            max_age: Duration::from_secs(86_400),
+        }
+    }
+}
+
+/// One validated function.
+#[derive(Debug, Clone)]
+pub struct Function {
+    pub name: String,
+    pub description: Option<String>,
+    pub request: Request,
+    pub input_schema: JsonSchema,
+    pub output_schema: Option<JsonSchema>,
+    /// Result field → JSON Pointer; empty means the whole body.
+    pub output: Vec<(String, String)>,
+}
+
+impl Function {
+    /// The top-level input fields: name, JSON type (if declared), whether required.
+    pub fn inputs(&self) -> Vec<InputField> {
+        let schema = &self.input_schema.source;
+        let required: Vec<&str> = schema
+            .get("required")
+            .and_then(|r| r.as_array())
+            .map(|r| r.iter().filter_map(|v| v.as_str()).collect())
+            .unwrap_or_default();
+        let Some(props) = schema.get("properties").and_then(|p| p.as_object()) else {
+            return Vec::new();
+        };
+        props
+            .iter()
+            .map(|(name, prop)| InputField {
+                name: name.clone(),
+                kind: match prop.get("type") {
+                    Some(serde_json::Value::String(t)) => t.clone(),
+                    Some(serde_json::Value::Array(ts)) => ts
+                        .iter()
+                        .filter_map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join("|"),
+                    _ => "any".to_string(),
+                },
+                required: required.contains(&name.as_str()),
+            })
+            .collect()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputField {
+    pub name: String,
+    pub kind: String,
+    pub required: bool,
+}
+
+/// A request template, by connection type. Template strings are parsed and checked.
+#[derive(Debug, Clone)]
+pub enum Request {
+    Rest {
+        method: HttpMethod,
+        path: String,
+        query: Vec<(String, String)>,
+        headers: Vec<(String, String)>,
+        body: Option<serde_json::Value>,
+    },
+    Soap {
+        action: Option<String>,
+        body: String,
+    },
+    S3 {
+        operation: S3Operation,
+        key: Option<String>,
+        prefix: Option<String>,
+        expires: Duration,
+        content_type: Option<String>,
+    },
+    Plugin {
+        request: serde_json::Value,
+    },
+}
+
+/// A JSON Schema with its compiled validator.
+#[derive(Clone)]
+pub struct JsonSchema {
+    pub source: serde_json::Value,
+    pub validator: Arc<jsonschema::Validator>,
+}
+
+impl std::fmt::Debug for JsonSchema {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "JsonSchema({})", self.source)
+    }
+}

@@ -1,0 +1,1199 @@
+//! Checks one connection document and builds its [`Connection`].
+//!
+//! Pure: no network, files, environment or clock. Every problem is collected, each with a
+//! field path relative to the document; the loader turns paths into file positions.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::de::DeserializeOwned;
+use switchboard_sdk::{ConnectorType, PathSegment};
+use url::Url;
+
+use super::config::{
+    AuthConfig, AuthKind, HttpMethod, LimitsConfig, PluginConnectionConfig, RestConnectionConfig,
+    RetryConfig, S3ConnectionConfig, S3Operation, SoapConnectionConfig, SoapVersion,
+};
+use super::de::{self, DeError};
+use super::model::{
+    Auth, AwsKeys, Connection, Function, JsonSchema, Limits, Protocol, Request, RetryPolicy,
+    SecretUse, Source,
+};
+use super::problem::{FieldPath, FieldProblem, Seg, list, suggestion};
+use super::values::SecretRef;
+use super::yaml::{Node, Pos, Value, quote};
+
+/// The connection types built into the engine.
+pub const BUILT_IN_TYPES: [&str; 3] = ["rest", "soap", "s3"];
+
+/// The types a JSON Schema `type` may name.
+const JSON_TYPES: [&str; 7] = [
+    "string", "number", "integer", "boolean", "object", "array", "null",
+];
+
+/// Variables a template may use.
+const TEMPLATE_ROOTS: [&str; 3] = ["input", "connection", "callout"];
+
+/// Looks up connection types added by plugins.
+pub trait TypeLookup {
+    fn get(&self, name: &str) -> Option<&dyn ConnectorType>;
+    fn names(&self) -> Vec<&str>;
+}
+
+/// The outcome of checking one document.
+pub struct Checked {
+    pub connection: Option<Connection>,
+    pub problems: Vec<FieldProblem>,
+}
+
+/// Checks one document (`node`, a connection) read from `source`.
+pub fn check_document(node: &mut Node, source: Source, types: &dyn TypeLookup) -> Checked {
+    let mut problems = Vec::new();
+    let root = FieldPath::root();
+    if !matches!(node.value, Value::Map(_)) {
+        problems.push(FieldProblem::at(
+            root,
+            format!(
+                "found {}; expected a mapping that starts with `connection:` and `type:`",
+                node.describe()
+            ),
+        ));
+        return Checked {
+            connection: None,
+            problems,
+        };
+    }
+    let mut type_names: Vec<&str> = BUILT_IN_TYPES.to_vec();
+    type_names.extend(types.names());
+    let type_name = match node.get("type").map(|e| &e.value) {
+        None => {
+            problems.push(FieldProblem::missing(
+                root,
+                "type",
+                format!(
+                    "missing required key `type`; expected one of {}",
+                    list(&type_names)
+                ),
+            ));
+            return Checked {
+                connection: None,
+                problems,
+            };
+        }
+        Some(Node {
+            value: Value::String(s),
+            ..
+        }) if type_names.contains(&s.as_str()) => s.clone(),
+        Some(Node {
+            value: Value::String(s),
+            ..
+        }) => {
+            problems.push(FieldProblem::at(
+                root.key("type"),
+                format!(
+                    "unknown connection type `{s}`; {}",
+                    suggestion(s, &type_names)
+                ),
+            ));
+            return Checked {
+                connection: None,
+                problems,
+            };
+        }
+        Some(other) => {
+            problems.push(FieldProblem::at(
+                root.key("type"),
+                format!(
+                    "found {}; expected one of {}",
+                    other.describe(),
+                    list(&type_names)
+                ),
+            ));
+            return Checked {
+                connection: None,
+                problems,
+            };
+        }
+    };
+    let mut cx = Cx {
+        problems,
+        secrets: Vec::new(),
+    };
+    let connection = match type_name.as_str() {
+        "rest" => cx
+            .typed::<RestConnectionConfig>(node)
+            .and_then(|c| cx.rest(c, source)),
+        "soap" => cx
+            .typed::<SoapConnectionConfig>(node)
+            .and_then(|c| cx.soap(c, source)),
+        "s3" => cx
+            .typed::<S3ConnectionConfig>(node)
+            .and_then(|c| cx.s3(c, source)),
+        plugin => match types.get(plugin) {
+            Some(kind) => cx
+                .typed::<PluginConnectionConfig>(node)
+                .and_then(|c| cx.plugin(c, kind, source)),
+            None => None,
+        },
+    };
+    let connection = connection.map(|mut c| {
+        let prefix = FieldPath::root().key("connections").key(&c.name);
+        c.secrets = cx
+            .secrets
+            .iter()
+            .map(|(path, reference)| SecretUse {
+                path: prefix.join(path).to_string(),
+                pos: locate(node, path, false),
+                reference: reference.clone(),
+            })
+            .collect();
+        c
+    });
+    Checked {
+        connection,
+        problems: cx.problems,
+    }
+}
+
+/// Collects problems and secret uses while checking one connection.
+struct Cx {
+    problems: Vec<FieldProblem>,
+    secrets: Vec<(FieldPath, SecretRef)>,
+}
+
+/// What every connection type shares, checked.
+struct Common {
+    name: String,
+    endpoint: Option<Url>,
+    auth: Auth,
+    limits: Limits,
+    retry: RetryPolicy,
+    headers: Vec<(String, String)>,
+}
+
+impl Cx {
+    /// Whether serde already reported the value at `path` (it was set aside, so checks that
+    /// depend on it would only echo that problem).
+    fn reported(&self, path: &FieldPath) -> bool {
+        self.problems
+            .iter()
+            .any(|p| p.pos.is_some() && &p.path == path)
+    }
+
+    fn push(&mut self, path: FieldPath, message: impl Into<String>) {
+        self.problems.push(FieldProblem::at(path, message));
+    }
+
+    /// Deserializes the document, turning serde's errors into problems.
+    fn typed<T: DeserializeOwned>(&mut self, node: &mut Node) -> Option<T> {
+        let (value, errors): (Option<T>, Vec<DeError>) = de::from_node(node);
+        for err in errors {
+            self.problems.push(FieldProblem {
+                path: err.path(),
+                at_key: false,
+                pos: err.pos,
+                missing_key: None,
+                message: err.message,
+            });
+        }
+        value
+    }
+
+    fn rest(&mut self, c: RestConnectionConfig, source: Source) -> Option<Connection> {
+        let root = FieldPath::root();
+        let common = self.common(
+            "rest",
+            &c.connection,
+            Some(&c.endpoint),
+            c.auth.as_ref(),
+            c.limits.as_ref(),
+            c.retry.as_ref(),
+            c.headers.as_ref(),
+        );
+        let idempotency_header = c
+            .idempotency_header
+            .unwrap_or_else(|| "Idempotency-Key".to_string());
+        if !is_header_name(&idempotency_header) {
+            self.push(
+                root.key("idempotency_header"),
+                format!("{} is not a header name; expected letters, digits and dashes, like \"Idempotency-Key\"", quote(&idempotency_header)),
+            );
+        }
+        let mut functions = BTreeMap::new();
+        for (fname, f) in c.functions.unwrap_or_default() {
+            let at = root.key("functions").key(&fname);
+            self.function_name(&at, &fname);
+            let input = self.schema(&at.key("input_schema"), f.input_schema.as_ref(), true);
+            let output = f
+                .output_schema
+                .as_ref()
+                .and_then(|s| self.schema(&at.key("output_schema"), Some(s), false));
+            let mut templates: Vec<(FieldPath, &str)> = vec![(at.key("path"), f.path.as_str())];
+            if !f.path.starts_with('/') {
+                self.push(at.key("path"), format!("{} does not start with `/`; expected a path like \"/invoices/{{{{ input.id }}}}\"", quote(&f.path)));
+            }
+            for (k, v) in f.query.iter().flatten() {
+                templates.push((at.key("query").key(k), v));
+            }
+            for (k, v) in f.headers.iter().flatten() {
+                if !is_header_name(k) {
+                    self.problems.push(FieldProblem::at_key(
+                        at.key("headers").key(k),
+                        format!("`{k}` is not a header name; expected letters, digits and dashes, like \"X-Request-Id\""),
+                    ));
+                }
+                templates.push((at.key("headers").key(k), v));
+            }
+            if let Some(body) = &f.body {
+                collect_strings(body, &at.key("body"), &mut templates);
+            }
+            self.templates(&templates, input.as_ref());
+            let output_map = self.output_map(&at.key("output"), f.output.as_ref());
+            if let Some(input) = input {
+                functions.insert(
+                    fname.clone(),
+                    Function {
+                        name: fname,
+                        description: f.description,
+                        request: Request::Rest {
+                            method: f.method.unwrap_or(HttpMethod::Get),
+                            path: f.path,
+                            query: f.query.unwrap_or_default().into_iter().collect(),
+                            headers: f.headers.unwrap_or_default().into_iter().collect(),
+                            body: f.body,
+                        },
+                        input_schema: input,
+                        output_schema: output,
+                        output: output_map,
+                    },
+                );
+            }
+        }
+        let common = common?;
+        Some(Connection {
+            name: common.name,
+            type_name: "rest".into(),
+            description: c.description,
+            source,
+            endpoint: common.endpoint,
+            allow_private_network: c.allow_private_network.unwrap_or(false),
+            auth: common.auth,
+            headers: common.headers,
+            limits: common.limits,
+            retry: common.retry,
+            protocol: Protocol::Rest { idempotency_header },
+            functions,
+            secrets: Vec::new(),
+        })
+    }
+
+    fn soap(&mut self, c: SoapConnectionConfig, source: Source) -> Option<Connection> {
+        let root = FieldPath::root();
+        let common = self.common(
+            "soap",
+            &c.connection,
+            Some(&c.endpoint),
+            c.auth.as_ref(),
+            c.limits.as_ref(),
+            c.retry.as_ref(),
+            c.headers.as_ref(),
+        );
+        let mut functions = BTreeMap::new();
+        for (fname, f) in c.functions.unwrap_or_default() {
+            let at = root.key("functions").key(&fname);
+            self.function_name(&at, &fname);
+            let input = self.schema(&at.key("input_schema"), f.input_schema.as_ref(), true);
+            let output = f
+                .output_schema
+                .as_ref()
+                .and_then(|s| self.schema(&at.key("output_schema"), Some(s), false));
+            self.templates(&[(at.key("body"), f.body.as_str())], input.as_ref());
+            let output_map = self.output_map(&at.key("output"), f.output.as_ref());
+            if let Some(input) = input {
+                functions.insert(
+                    fname.clone(),
+                    Function {
+                        name: fname,
+                        description: f.description,
+                        request: Request::Soap {
+                            action: f.action,
+                            body: f.body,
+                        },
+                        input_schema: input,
+                        output_schema: output,
+                        output: output_map,
+                    },
+                );
+            }
+        }
+        let common = common?;
+        Some(Connection {
+            name: common.name,
+            type_name: "soap".into(),
+            description: c.description,
+            source,
+            endpoint: common.endpoint,
+            allow_private_network: c.allow_private_network.unwrap_or(false),
+            auth: common.auth,
+            headers: common.headers,
+            limits: common.limits,
+            retry: common.retry,
+            protocol: Protocol::Soap {
+                version: c.soap_version.unwrap_or(SoapVersion::V1_1),
+            },
+            functions,
+            secrets: Vec::new(),
+        })
+    }
+
+    fn s3(&mut self, c: S3ConnectionConfig, source: Source) -> Option<Connection> {
+        let root = FieldPath::root();
+        let common = self.common(
+            "s3",
+            &c.connection,
+            c.endpoint.as_ref(),
+            c.auth.as_ref(),
+            c.limits.as_ref(),
+            c.retry.as_ref(),
+            None,
+        );
+        if !is_bucket_name(&c.bucket) {
+            self.push(
+                root.key("bucket"),
+                format!("{} is not a bucket name; expected 3 to 63 lowercase letters, digits, dots and dashes, like \"crm-attachments\"", quote(&c.bucket)),
+            );
+        }
+        if c.kms_key_id.is_some()
+            && c.server_side_encryption != Some(super::config::ServerSideEncryption::AwsKms)
+        {
+            self.push(root.key("kms_key_id"), "`kms_key_id` applies only with `server_side_encryption: aws:kms`; expected that setting too");
+        }
+        let mut functions = BTreeMap::new();
+        for (fname, f) in c.functions.unwrap_or_default() {
+            let at = root.key("functions").key(&fname);
+            self.function_name(&at, &fname);
+            let input = self.schema(&at.key("input_schema"), f.input_schema.as_ref(), true);
+            let output = f
+                .output_schema
+                .as_ref()
+                .and_then(|s| self.schema(&at.key("output_schema"), Some(s), false));
+            let mut templates = Vec::new();
+            match (&f.key, f.operation) {
+                (None, op) if op != S3Operation::List => self.problems.push(FieldProblem::missing(
+                    at.clone(),
+                    "key",
+                    format!("missing required key `key` for operation `{}`; expected an object key template like \"invoices/{{{{ input.id }}}}.pdf\"", s3_op_name(op)),
+                )),
+                (Some(key), _) => templates.push((at.key("key"), key.as_str())),
+                _ => {}
+            }
+            if let Some(prefix) = &f.prefix {
+                templates.push((at.key("prefix"), prefix.as_str()));
+            }
+            self.templates(&templates, input.as_ref());
+            let output_map = self.output_map(&at.key("output"), f.output.as_ref());
+            if let Some(input) = input {
+                functions.insert(
+                    fname.clone(),
+                    Function {
+                        name: fname,
+                        description: f.description,
+                        request: Request::S3 {
+                            operation: f.operation,
+                            key: f.key,
+                            prefix: f.prefix,
+                            expires: f
+                                .expires
+                                .map_or(std::time::Duration::from_secs(900), |d| d.0),
+                            content_type: f.content_type,
+                        },
+                        input_schema: input,
+                        output_schema: output,
+                        output: output_map,
+                    },
+                );
+            }
+        }
+        let common = common?;
+        Some(Connection {
+            name: common.name,
+            type_name: "s3".into(),
+            description: c.description,
+            source,
+            endpoint: common.endpoint,
+            allow_private_network: c.allow_private_network.unwrap_or(false),
+            auth: common.auth,
+            headers: Vec::new(),
+            limits: common.limits,
+            retry: common.retry,
+            protocol: Protocol::S3 {
+                bucket: c.bucket,
+                region: c.region.unwrap_or_else(|| "us-east-1".to_string()),
+                path_style: c.path_style.unwrap_or(false),
+                server_side_encryption: c.server_side_encryption,
+                kms_key_id: c.kms_key_id,
+            },
+            functions,
+            secrets: Vec::new(),
+        })
+    }
+
+    fn plugin(
+        &mut self,
+        c: PluginConnectionConfig,
+        kind: &dyn ConnectorType,
+        source: Source,
+    ) -> Option<Connection> {
+        let root = FieldPath::root();
+        let common = self.common(
+            kind.type_name(),
+            &c.connection,
+            c.endpoint.as_ref(),
+            c.auth.as_ref(),
+            c.limits.as_ref(),
+            c.retry.as_ref(),
+            None,
+        );
+        let settings = c.settings.unwrap_or(serde_json::Value::Null);
+        for issue in kind.validate_settings(&settings) {
+            self.push(
+                plugin_path(&root.key("settings"), &issue.path),
+                issue.message,
+            );
+        }
+        let mut functions = BTreeMap::new();
+        for (fname, f) in c.functions.unwrap_or_default() {
+            let at = root.key("functions").key(&fname);
+            self.function_name(&at, &fname);
+            let input = self.schema(&at.key("input_schema"), f.input_schema.as_ref(), true);
+            let output = f
+                .output_schema
+                .as_ref()
+                .and_then(|s| self.schema(&at.key("output_schema"), Some(s), false));
+            let request = f.request.unwrap_or(serde_json::Value::Null);
+            for issue in kind.validate_request(&request) {
+                self.push(plugin_path(&at.key("request"), &issue.path), issue.message);
+            }
+            let output_map = self.output_map(&at.key("output"), f.output.as_ref());
+            if let Some(input) = input {
+                functions.insert(
+                    fname.clone(),
+                    Function {
+                        name: fname,
+                        description: f.description,
+                        request: Request::Plugin { request },
+                        input_schema: input,
+                        output_schema: output,
+                        output: output_map,
+                    },
+                );
+            }
+        }
+        let common = common?;
+        Some(Connection {
+            name: common.name,
+            type_name: kind.type_name().to_string(),
+            description: c.description,
+            source,
+            endpoint: common.endpoint,
+            allow_private_network: c.allow_private_network.unwrap_or(false),
+            auth: common.auth,
+            headers: Vec::new(),
+            limits: common.limits,
+            retry: common.retry,
+            protocol: Protocol::Plugin { settings },
+            functions,
+            secrets: Vec::new(),
+        })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn common(
+        &mut self,
+        type_name: &str,
+        name: &str,
+        endpoint: Option<&String>,
+        auth: Option<&AuthConfig>,
+        limits: Option<&LimitsConfig>,
+        retry: Option<&RetryConfig>,
+        headers: Option<&BTreeMap<String, String>>,
+    ) -> Option<Common> {
+        let root = FieldPath::root();
+        let before = self.problems.len();
+        if !is_name(name) {
+            self.push(
+                root.key("connection"),
+                format!("{} is not a valid connection name; expected lowercase letters, digits and underscores, starting with a letter, like \"billing_v2\"", quote(name)),
+            );
+        }
+        let endpoint =
+            endpoint.and_then(|e| self.url(&root.key("endpoint"), e, "https://api.example.com/v1"));
+        let auth = self.auth(type_name, auth);
+        let limits = self.limits(limits);
+        let retry = self.retry(retry);
+        let mut header_list = Vec::new();
+        for (k, v) in headers.into_iter().flatten() {
+            if !is_header_name(k) {
+                self.problems.push(FieldProblem::at_key(
+                    root.key("headers").key(k),
+                    format!("`{k}` is not a header name; expected letters, digits and dashes, like \"X-Request-Id\""),
+                ));
+            } else if v.contains(['\r', '\n']) {
+                self.push(
+                    root.key("headers").key(k),
+                    "header value contains a line break; expected a single line",
+                );
+            } else {
+                header_list.push((k.clone(), v.clone()));
+            }
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(Common {
+            name: name.to_string(),
+            endpoint,
+            auth: auth?,
+            limits: limits?,
+            retry: retry?,
+            headers: header_list,
+        })
+    }
+
+    fn url(&mut self, path: &FieldPath, text: &str, example: &str) -> Option<Url> {
+        let url = match Url::parse(text) {
+            Ok(url) => url,
+            Err(err) => {
+                self.push(
+                    path.clone(),
+                    format!("{} is not a URL ({err}); expected an absolute http or https URL, like \"{example}\"", quote(text)),
+                );
+                return None;
+            }
+        };
+        if !url.username().is_empty() || url.password().is_some() {
+            // The URL holds a credential: do not repeat it.
+            self.push(
+                path.clone(),
+                "the URL contains credentials; expected them under `auth`, as secret references",
+            );
+            return None;
+        }
+        if url.scheme() != "http" && url.scheme() != "https" {
+            self.push(
+                path.clone(),
+                format!(
+                    "{} uses the scheme `{}`; expected an http or https URL, like \"{example}\"",
+                    quote(text),
+                    url.scheme()
+                ),
+            );
+            return None;
+        }
+        if url.fragment().is_some() {
+            self.push(
+                path.clone(),
+                format!(
+                    "{} has a `#fragment`; expected a URL without one",
+                    quote(text)
+                ),
+            );
+            return None;
+        }
+        Some(url)
+    }
+
+    fn secret(&mut self, path: FieldPath, reference: &SecretRef) -> SecretRef {
+        self.secrets.push((path, reference.clone()));
+        reference.clone()
+    }
+
+    fn auth(&mut self, type_name: &str, auth: Option<&AuthConfig>) -> Option<Auth> {
+        let Some(a) = auth else {
+            return Some(if type_name == "s3" {
+                Auth::Aws { keys: None }
+            } else {
+                Auth::None
+            });
+        };
+        let at = FieldPath::root().key("auth");
+        let present: Vec<&str> = [
+            ("username", a.username.is_some()),
+            ("password", a.password.is_some()),
+            ("token", a.token.is_some()),
+            ("in", a.r#in.is_some()),
+            ("name", a.name.is_some()),
+            ("value", a.value.is_some()),
+            ("token_url", a.token_url.is_some()),
+            ("client_id", a.client_id.is_some()),
+            ("client_secret", a.client_secret.is_some()),
+            ("refresh_token", a.refresh_token.is_some()),
+            ("scopes", a.scopes.is_some()),
+            ("audience", a.audience.is_some()),
+            ("access_key_id", a.access_key_id.is_some()),
+            ("secret_access_key", a.secret_access_key.is_some()),
+            ("session_token", a.session_token.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, p)| p.then_some(k))
+        .collect();
+        let (required, optional): (&[&str], &[&str]) = match a.r#type {
+            AuthKind::None => (&[], &[]),
+            AuthKind::Basic => (&["username", "password"], &[]),
+            AuthKind::Bearer => (&["token"], &[]),
+            AuthKind::ApiKey => (&["in", "name", "value"], &[]),
+            AuthKind::OAuth2ClientCredentials => (
+                &["token_url", "client_id", "client_secret"],
+                &["scopes", "audience"],
+            ),
+            AuthKind::OAuth2RefreshToken => (
+                &["token_url", "client_id", "refresh_token"],
+                &["client_secret", "scopes"],
+            ),
+            AuthKind::Aws => (
+                &[],
+                &["access_key_id", "secret_access_key", "session_token"],
+            ),
+        };
+        let kind = a.r#type.name();
+        let before = self.problems.len();
+        let allowed: Vec<&str> = required.iter().chain(optional).copied().collect();
+        for key in &present {
+            if !allowed.contains(key) {
+                let expected = if allowed.is_empty() {
+                    "expected no other keys".to_string()
+                } else {
+                    format!("expected only {}", list(&allowed))
+                };
+                self.problems.push(FieldProblem::at_key(
+                    at.key(key),
+                    format!("`{key}` does not apply to auth type `{kind}`; {expected}"),
+                ));
+            }
+        }
+        for key in required {
+            if !present.contains(key) {
+                self.problems.push(FieldProblem::missing(
+                    at.clone(),
+                    key,
+                    format!("missing required key `{key}` for auth type `{kind}`"),
+                ));
+            }
+        }
+        let s3 = type_name == "s3";
+        if s3 && !matches!(a.r#type, AuthKind::Aws | AuthKind::None) {
+            self.push(
+                at.key("type"),
+                format!("auth type `{kind}` does not apply to s3 connections; expected `aws`"),
+            );
+        }
+        if !s3 && a.r#type == AuthKind::Aws && BUILT_IN_TYPES.contains(&type_name) {
+            self.push(at.key("type"), format!("auth type `aws` applies to s3 connections only; expected one of `none`, `basic`, `bearer`, `api_key`, `oauth2_client_credentials`, `oauth2_refresh_token` for a {type_name} connection"));
+        }
+        if a.r#type == AuthKind::Aws && a.access_key_id.is_some() != a.secret_access_key.is_some() {
+            self.push(at.clone(), "`access_key_id` and `secret_access_key` go together; expected both, or neither for the standard AWS credential chain");
+        }
+        if let Some(name) = &a.name {
+            if a.r#in == Some(super::config::ApiKeyLocation::Header) && !is_header_name(name) {
+                self.push(at.key("name"), format!("{} is not a header name; expected letters, digits and dashes, like \"X-Api-Key\"", quote(name)));
+            }
+        }
+        if let Some(user) = &a.username {
+            if user.starts_with("${") {
+                if let Err(message) = SecretRef::parse(user) {
+                    self.push(at.key("username"), message);
+                }
+            }
+        }
+        let token_url = a.token_url.as_ref().and_then(|u| {
+            self.url(
+                &at.key("token_url"),
+                u,
+                "https://login.example.com/oauth2/token",
+            )
+        });
+        if self.problems.len() > before {
+            return None;
+        }
+        // Every required key is present from here on.
+        let secret = |cx: &mut Cx, key: &str, r: &Option<SecretRef>| {
+            r.as_ref().map(|r| cx.secret(at.key(key), r))
+        };
+        let username = a.username.clone().unwrap_or_default();
+        if username.starts_with("${") {
+            if let Ok(r) = SecretRef::parse(&username) {
+                self.secret(at.key("username"), &r);
+            }
+        }
+        Some(match a.r#type {
+            AuthKind::None => Auth::None,
+            AuthKind::Basic => Auth::Basic {
+                username,
+                password: secret(self, "password", &a.password)?,
+            },
+            AuthKind::Bearer => Auth::Bearer {
+                token: secret(self, "token", &a.token)?,
+            },
+            AuthKind::ApiKey => Auth::ApiKey {
+                location: a.r#in?,
+                name: a.name.clone()?,
+                value: secret(self, "value", &a.value)?,
+            },
+            AuthKind::OAuth2ClientCredentials => Auth::OAuth2ClientCredentials {
+                token_url: token_url?,
+                client_id: a.client_id.clone()?,
+                client_secret: secret(self, "client_secret", &a.client_secret)?,
+                scopes: a.scopes.clone().unwrap_or_default(),
+                audience: a.audience.clone(),
+            },
+            AuthKind::OAuth2RefreshToken => Auth::OAuth2RefreshToken {
+                token_url: token_url?,
+                client_id: a.client_id.clone()?,
+                client_secret: secret(self, "client_secret", &a.client_secret),
+                refresh_token: secret(self, "refresh_token", &a.refresh_token)?,
+                scopes: a.scopes.clone().unwrap_or_default(),
+            },
+            AuthKind::Aws => Auth::Aws {
+                keys: match (&a.access_key_id, &a.secret_access_key) {
+                    (Some(_), Some(_)) => Some(AwsKeys {
+                        access_key_id: secret(self, "access_key_id", &a.access_key_id)?,
+                        secret_access_key: secret(self, "secret_access_key", &a.secret_access_key)?,
+                        session_token: secret(self, "session_token", &a.session_token),
+                    }),
+                    _ => None,
+                },
+            },
+        })
+    }
+
+    fn limits(&mut self, limits: Option<&LimitsConfig>) -> Option<Limits> {
+        let at = FieldPath::root().key("limits");
+        let before = self.problems.len();
+        let l = limits.cloned().unwrap_or(LimitsConfig {
+            rate: None,
+            burst: None,
+            concurrency: None,
+            timeout: None,
+            connect_timeout: None,
+        });
+        if l.burst == Some(0) {
+            self.push(at.key("burst"), "0 is not a burst; expected 1 or more");
+        }
+        if l.burst.is_some() && l.rate.is_none() && !self.reported(&at.key("rate")) {
+            self.push(
+                at.key("burst"),
+                "`burst` needs a `rate`; expected `rate` beside it, like `rate: 10/s`",
+            );
+        }
+        if l.concurrency == Some(0) {
+            self.push(
+                at.key("concurrency"),
+                "0 is not a concurrency; expected 1 or more",
+            );
+        }
+        let timeout = l.timeout.map_or(Limits::DEFAULT_TIMEOUT, |d| d.0);
+        let connect_timeout = l
+            .connect_timeout
+            .map_or(Limits::DEFAULT_CONNECT_TIMEOUT.min(timeout), |d| d.0);
+        if timeout.is_zero() {
+            self.push(at.key("timeout"), "a timeout of zero lets no call finish; expected a duration above zero, like \"30s\"");
+        }
+        if connect_timeout.is_zero() {
+            self.push(at.key("connect_timeout"), "a timeout of zero lets no call connect; expected a duration above zero, like \"5s\"");
+        } else if connect_timeout > timeout {
+            self.push(at.key("connect_timeout"), format!(
+                "`connect_timeout` ({}) is longer than `timeout` ({}); expected at most the total deadline",
+                super::values::HumanDuration(connect_timeout),
+                super::values::HumanDuration(timeout)
+            ));
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        let burst = l
+            .burst
+            .unwrap_or_else(|| l.rate.map_or(1, |r| (r.count.ceil() as u32).max(1)));
+        Some(Limits {
+            rate: l.rate,
+            burst,
+            concurrency: l.concurrency,
+            timeout,
+            connect_timeout,
+        })
+    }
+
+    fn retry(&mut self, retry: Option<&RetryConfig>) -> Option<RetryPolicy> {
+        let at = FieldPath::root().key("retry");
+        let before = self.problems.len();
+        let d = RetryPolicy::default();
+        let Some(r) = retry else { return Some(d) };
+        let policy = RetryPolicy {
+            max_attempts: r.max_attempts.unwrap_or(d.max_attempts),
+            initial_delay: r.initial_delay.map_or(d.initial_delay, |x| x.0),
+            max_delay: r.max_delay.map_or(
+                d.max_delay
+                    .max(r.initial_delay.map_or(d.max_delay, |x| x.0)),
+                |x| x.0,
+            ),
+            max_age: r.max_age.map_or(d.max_age, |x| x.0),
+        };
+        if policy.max_attempts == 0 {
+            self.push(
+                at.key("max_attempts"),
+                "0 attempts would never call; expected 1 or more (1 means no retry)",
+            );
+        }
+        if policy.initial_delay.is_zero() {
+            self.push(
+                at.key("initial_delay"),
+                "a delay of zero retries at once; expected a duration above zero, like \"1s\"",
+            );
+        }
+        if policy.max_delay < policy.initial_delay {
+            self.push(at.key("max_delay"), format!(
+                "`max_delay` ({}) is shorter than `initial_delay` ({}); expected at least the initial delay",
+                super::values::HumanDuration(policy.max_delay),
+                super::values::HumanDuration(policy.initial_delay)
+            ));
+        }
+        if policy.max_age.is_zero() {
+            self.push(at.key("max_age"), "a maximum age of zero gives up at once; expected a duration above zero, like \"24h\"");
+        }
+        (self.problems.len() == before).then_some(policy)
+    }
+
+    fn function_name(&mut self, at: &FieldPath, name: &str) {
+        if !is_name(name) {
+            self.problems.push(FieldProblem::at_key(
+                at.clone(),
+                format!("{} is not a valid function name; expected lowercase letters, digits and underscores, starting with a letter, like \"create_invoice\"", quote(name)),
+            ));
+        }
+    }
+
+    /// Checks a JSON Schema and compiles it. An absent input schema means an object with no
+    /// declared fields.
+    fn schema(
+        &mut self,
+        at: &FieldPath,
+        schema: Option<&serde_json::Value>,
+        is_input: bool,
+    ) -> Option<JsonSchema> {
+        let source = schema
+            .cloned()
+            .unwrap_or_else(|| serde_json::json!({ "type": "object" }));
+        let before = self.problems.len();
+        if !source.is_object() && !source.is_boolean() {
+            self.push(at.clone(), "found a value that is not a schema; expected a JSON Schema, a mapping like `{ type: object, properties: {...} }`");
+            return None;
+        }
+        match jsonschema::meta::validator_for(&source) {
+            Ok(meta) => {
+                for err in meta.iter_errors(&source) {
+                    let pointer = err.instance_path().as_str();
+                    let path = at.join(&pointer_to_path(pointer, &source));
+                    let message = match source.pointer(pointer) {
+                        Some(serde_json::Value::String(t)) if pointer.ends_with("/type") => {
+                            let hint = suggestion(t, &JSON_TYPES);
+                            format!("{} is not a JSON Schema type; {hint}", quote(t))
+                        }
+                        _ => format!(
+                            "not a valid JSON Schema: {err}; expected a JSON Schema (draft 2020-12)"
+                        ),
+                    };
+                    self.push(path, message);
+                }
+            }
+            Err(err) => {
+                self.push(
+                    at.clone(),
+                    format!(
+                        "not a valid JSON Schema: {}; expected a known `$schema` draft",
+                        err.masked()
+                    ),
+                );
+            }
+        }
+        if is_input {
+            match source.get("type") {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(t)) if t == "object" => {}
+                Some(other) => self.push(
+                    at.key("type"),
+                    format!("an input schema of type {other} cannot describe a callout's input; expected `type: object`"),
+                ),
+            }
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        match jsonschema::options()
+            .should_validate_formats(true)
+            .build(&source)
+        {
+            Ok(validator) => Some(JsonSchema {
+                source,
+                validator: std::sync::Arc::new(validator),
+            }),
+            Err(err) => {
+                let path = at.join(&pointer_to_path(err.instance_path().as_str(), &source));
+                self.push(
+                    path,
+                    format!(
+                        "not a usable JSON Schema: {}; expected a schema that compiles",
+                        err.masked()
+                    ),
+                );
+                None
+            }
+        }
+    }
+
+    /// Parses each template and checks every variable it uses against the input schema.
+    fn templates(&mut self, templates: &[(FieldPath, &str)], input: Option<&JsonSchema>) {
+        let env = minijinja::Environment::new();
+        for (path, source) in templates {
+            if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
+                continue;
+            }
+            let template = match env.template_from_str(source) {
+                Ok(t) => t,
+                Err(err) => {
+                    let detail = err.detail().unwrap_or("syntax error");
+                    let line = err
+                        .line()
+                        .map(|l| format!(" (line {l} of the template)"))
+                        .unwrap_or_default();
+                    self.push(path.clone(), format!("invalid template: {detail}{line}; expected placeholders like `{{{{ input.field }}}}`"));
+                    continue;
+                }
+            };
+            let mut used: Vec<String> = template.undeclared_variables(true).into_iter().collect();
+            used.sort();
+            for var in used {
+                let mut parts = var.split('.');
+                let root = parts.next().unwrap_or_default();
+                if !TEMPLATE_ROOTS.contains(&root) {
+                    self.push(path.clone(), format!(
+                        "template uses unknown variable `{root}`; expected `input.<field>`, `connection.<field>` or `callout.<field>`"
+                    ));
+                    continue;
+                }
+                if root != "input" {
+                    continue;
+                }
+                let Some(schema) = input else { continue };
+                let fields: Vec<&str> = parts.collect();
+                if let Err(message) = declared(&schema.source, &fields) {
+                    self.push(path.clone(), message);
+                }
+            }
+        }
+    }
+
+    fn output_map(
+        &mut self,
+        at: &FieldPath,
+        output: Option<&BTreeMap<String, String>>,
+    ) -> Vec<(String, String)> {
+        let mut map = Vec::new();
+        for (field, pointer) in output.into_iter().flatten() {
+            if !(pointer.is_empty() || pointer.starts_with('/')) {
+                self.push(at.key(field), format!("{} is not a JSON Pointer; expected a path into the response like \"/data/id\"", quote(pointer)));
+                continue;
+            }
+            map.push((field.clone(), pointer.clone()));
+        }
+        map
+    }
+}
+
+/// Whether `input.a.b` is declared by `schema`: each step must be in `properties` of a schema
+/// that declares properties. A schema without `properties` accepts any field below it.
+fn declared(schema: &serde_json::Value, fields: &[&str]) -> Result<(), String> {
+    let mut current = schema;
+    let mut walked = String::from("input");
+    for field in fields {
+        let Some(props) = current.get("properties").and_then(|p| p.as_object()) else {
+            if current.get("additionalProperties") == Some(&serde_json::Value::Bool(false))
+                || walked == "input"
+            {
+                let msg = format!(
+                    "template uses `{walked}.{field}`, which `input_schema` does not declare; expected `{field}` under `input_schema.properties`"
+                );
+                return Err(msg);
+            }
+            return Ok(());
+        };
+        match props.get(*field) {
+            Some(sub) => {
+                current = sub;
+                walked.push('.');
+                walked.push_str(field);
+            }
+            None => {
+                let names: Vec<&str> = props.keys().map(String::as_str).collect();
+                let hint = match super::problem::did_you_mean(field, names.iter().copied()) {
+                    Some(best) => format!("did you mean `{walked}.{best}`?"),
+                    None if names.is_empty() => {
+                        format!("expected `{field}` under `input_schema.properties`")
+                    }
+                    None => format!(
+                        "expected one of {} or a new entry in `input_schema.properties`",
+                        list(&names)
+                    ),
+                };
+                return Err(format!(
+                    "template uses `{walked}.{field}`, which `input_schema` does not declare; {hint}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn collect_strings<'a>(
+    value: &'a serde_json::Value,
+    at: &FieldPath,
+    out: &mut Vec<(FieldPath, &'a str)>,
+) {
+    match value {
+        serde_json::Value::String(s) => out.push((at.clone(), s)),
+        serde_json::Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_strings(item, &at.index(i), out);
+            }
+        }
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                collect_strings(v, &at.key(k), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A JSON Pointer into `json` as a field path.
+fn pointer_to_path(pointer: &str, json: &serde_json::Value) -> FieldPath {
+    let mut path = FieldPath::root();
+    let mut current = Some(json);
+    for token in pointer.split('/').skip(1) {
+        let token = token.replace("~1", "/").replace("~0", "~");
+        match current {
+            Some(serde_json::Value::Array(items)) => {
+                let i: usize = token.parse().unwrap_or(0);
+                current = items.get(i);
+                path = path.index(i);
+            }
+            Some(serde_json::Value::Object(map)) => {
+                current = map.get(&token);
+                path = path.key(&token);
+            }
+            _ => path = path.key(&token),
+        }
+    }
+    path
+}
+
+fn plugin_path(base: &FieldPath, segs: &[PathSegment]) -> FieldPath {
+    let mut path = base.clone();
+    for seg in segs {
+        path = match seg {
+            PathSegment::Key(k) => path.key(k),
+            PathSegment::Index(i) => path.index(*i),
+        };
+    }
+    path
+}
+
+fn s3_op_name(op: S3Operation) -> &'static str {
+    match op {
+        S3Operation::Put => "put",
+        S3Operation::Get => "get",
+        S3Operation::Presign => "presign",
+        S3Operation::Delete => "delete",
+        S3Operation::List => "list",
+    }
+}
+
+/// Connection and function names: `^[a-z][a-z0-9_]{0,63}$`.
+pub fn is_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 64
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+fn is_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn is_bucket_name(name: &str) -> bool {
+    (3..=63).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+        && name
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+        && name
+            .bytes()
+            .last()
+            .is_some_and(|b| b.is_ascii_alphanumeric())
+}
+
+/// Finds where `path` points in `node`: the value (or, with `at_key`, the key) of the last
+/// step, or the deepest node that exists when the path goes further than the document.
+pub fn locate(node: &Node, path: &FieldPath, at_key: bool) -> Pos {
+    let mut current = node;
+    let mut pos = node.pos;
+    let last = path.0.len().saturating_sub(1);
+    for (i, seg) in path.0.iter().enumerate() {
+        match (seg, &current.value) {
+            (Seg::Key(k), Value::Map(entries)) => match entries.iter().find(|e| &e.key == k) {
+                Some(e) => {
+                    pos = if at_key && i == last {
+                        e.key_pos
+                    } else {
+                        e.value.pos
+                    };
+                    // An empty value (`key:`) sits at its key.
+                    if e.value.value == Value::Null && e.value.pos.line != e.key_pos.line {
+                        pos = e.key_pos;
+                    }
+                    current = &e.value;
+                }
+                None => break,
+            },
+            (Seg::Index(n), Value::Seq(items)) => match items.get(*n) {
+                Some(item) => {
+                    pos = item.pos;
+                    current = item;
+                }
+                None => break,
+            },
+            _ => break,
+        }
+    }
+    pos
+}
+
+/// Keeps the order problems were found in but drops a "missing" problem for a key that had
+/// a bad value (it was set aside and is already reported).
+pub fn drop_echoes(problems: Vec<FieldProblem>) -> Vec<FieldProblem> {
+    let reported: HashSet<FieldPath> = problems
+        .iter()
+        .filter(|p| p.pos.is_some())
+        .map(|p| p.path.clone())
+        .collect();
+    problems
+        .into_iter()
+        .filter(|p| match &p.missing_key {
+            Some(key) => !reported.contains(&p.path.key(key)),
+            None => true,
+        })
+        .collect()
+}

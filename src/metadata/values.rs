@@ -1,0 +1,395 @@
+//! Small value types of the metadata: rates, human durations and secret references.
+//!
+//! Each parses from the text an admin writes (`10/s`, `30s`, `${env:TOKEN}`) and refuses
+//! anything else with a message that shows a correct example. A [`Secret`] never shows its
+//! value in `Debug` or `Display`; a [`SecretRef`] is only the reference, never the value.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use secrecy::{ExposeSecret, SecretString};
+use serde::de::{self, Deserialize, Deserializer};
+
+use super::yaml::quote;
+
+/// A rate limit: `count` calls per `per`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Rate {
+    pub count: f64,
+    pub per: Duration,
+}
+
+impl Rate {
+    /// Parses `10/s`, `600/min`, `5/h`, `0.5/s`.
+    ///
+    /// # Errors
+    /// A message naming the bad text and showing the expected form.
+    pub fn parse(text: &str) -> Result<Rate, String> {
+        let bad = || {
+            format!(
+                "{} is not a rate; expected <number>/<s|min|h>, like \"10/s\"",
+                quote(text)
+            )
+        };
+        let (count, unit) = text.trim().split_once('/').ok_or_else(bad)?;
+        let count: f64 = count.trim().parse().map_err(|_| bad())?;
+        let per = match unit.trim() {
+            "s" => Duration::from_secs(1),
+            "min" => Duration::from_secs(60),
+            "h" => Duration::from_secs(3600),
+            _ => return Err(bad()),
+        };
+        if !count.is_finite() || count <= 0.0 {
+            return Err(format!(
+                "{} is not a rate above zero; expected <number>/<s|min|h>, like \"10/s\"",
+                quote(text)
+            ));
+        }
+        Ok(Rate { count, per })
+    }
+
+    /// Calls per second.
+    pub fn per_second(&self) -> f64 {
+        self.count / self.per.as_secs_f64()
+    }
+}
+
+impl fmt::Display for Rate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            _ => "h",
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+impl<'de> Deserialize<'de> for Rate {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Rate::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for Rate {
+    fn schema_name() -> Cow<'static, str> {
+        "Rate".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*/\\s*(s|min|h)\\s*$",
+            "description": "Calls allowed per second, minute or hour, like `10/s` or `600/min`.",
+            "examples": ["10/s", "600/min"]
+        })
+    }
+}
+
+/// A duration written the human way: `500ms`, `30s`, `10m`, `2h`, `1d`, or a sum like `1m30s`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    /// # Errors
+    /// A message naming the bad text and showing the expected form.
+    pub fn parse(text: &str) -> Result<HumanDuration, String> {
+        let bad = || {
+            format!(
+                "{} is not a duration; expected <number><ms|s|m|h|d>, like \"30s\" or \"10m\"",
+                quote(text)
+            )
+        };
+        let s = text.trim();
+        if s.is_empty() {
+            return Err(bad());
+        }
+        let mut total = Duration::ZERO;
+        let mut rest = s;
+        while !rest.is_empty() {
+            let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+            if digits == 0 {
+                return Err(bad());
+            }
+            let number: u64 = rest[..digits].parse().map_err(|_| bad())?;
+            rest = &rest[digits..];
+            let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
+            let millis_per = match &rest[..unit_len] {
+                "ms" => 1,
+                "s" => 1_000,
+                "m" => 60_000,
+                "h" => 3_600_000,
+                "d" => 86_400_000,
+                _ => return Err(bad()),
+            };
+            rest = &rest[unit_len..];
+            let part = number.checked_mul(millis_per).ok_or_else(bad)?;
+            total = total
+                .checked_add(Duration::from_millis(part))
+                .ok_or_else(bad)?;
+        }
+        Ok(HumanDuration(total))
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let ms = self.0.as_millis();
+        if ms % 1000 != 0 {
+            write!(f, "{ms}ms")
+        } else if ms % 3_600_000 == 0 && ms > 0 {
+            write!(f, "{}h", ms / 3_600_000)
+        } else if ms % 60_000 == 0 && ms > 0 {
+            write!(f, "{}m", ms / 60_000)
+        } else {
+            write!(f, "{}s", ms / 1000)
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HumanDuration::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for HumanDuration {
+    fn schema_name() -> Cow<'static, str> {
+        "Duration".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^\\s*([0-9]+(ms|s|m|h|d))+\\s*$",
+            "description": "A duration like `500ms`, `30s`, `10m`, `2h`, `1d` or `1m30s`.",
+            "examples": ["30s", "10m"]
+        })
+    }
+}
+
+/// Where a secret comes from. Holds the reference, never the value.
+#[derive(Clone, PartialEq, Eq)]
+pub enum SecretRef {
+    /// `${env:NAME}`: the environment variable NAME.
+    Env(String),
+    /// `${file:PATH}`: the contents of PATH (relative to the metadata file), trailing newline
+    /// removed.
+    File(String),
+}
+
+const SECRET_EXPECTED: &str = "expected a secret reference like \"${env:BILLING_TOKEN}\" or \"${file:secrets/billing_token}\"";
+
+impl SecretRef {
+    /// Parses `${env:NAME}` or `${file:PATH}`.
+    ///
+    /// # Errors
+    /// The message never repeats the text: it may be a secret typed in by mistake.
+    pub fn parse(text: &str) -> Result<SecretRef, String> {
+        let literal = || format!("a literal secret is not allowed here; {SECRET_EXPECTED}");
+        let inner = text
+            .trim()
+            .strip_prefix("${")
+            .and_then(|t| t.strip_suffix('}'))
+            .ok_or_else(literal)?;
+        let malformed = || format!("this is not a valid secret reference; {SECRET_EXPECTED}");
+        if let Some(name) = inner.strip_prefix("env:") {
+            let ok = name
+                .chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            return if ok {
+                Ok(SecretRef::Env(name.to_string()))
+            } else {
+                Err(malformed())
+            };
+        }
+        if let Some(path) = inner.strip_prefix("file:") {
+            return if path.trim().is_empty() {
+                Err(malformed())
+            } else {
+                Ok(SecretRef::File(path.to_string()))
+            };
+        }
+        Err(malformed())
+    }
+
+    /// Reads the secret. `env` looks up environment variables; relative file paths are taken
+    /// from `base_dir`.
+    ///
+    /// # Errors
+    /// A message that names the reference and why it cannot be read, never a value.
+    pub fn resolve(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        base_dir: &Path,
+    ) -> Result<Secret, String> {
+        match self {
+            SecretRef::Env(name) => env(name)
+                .map(Secret::new)
+                .ok_or_else(|| format!("secret reference `{self}` cannot be resolved: environment variable {name} is not set")),
+            SecretRef::File(path) => {
+                let full = base_dir.join(path);
+                match std::fs::read_to_string(&full) {
+                    Ok(mut text) => {
+                        while text.ends_with('\n') || text.ends_with('\r') {
+                            text.pop();
+                        }
+                        Ok(Secret::new(text))
+                    }
+                    Err(err) => Err(format!(
+                        "secret reference `{self}` cannot be resolved: cannot read {}: {}",
+                        full.display(),
+                        err.kind()
+                    )),
+                }
+            }
+        }
+    }
+}
+
+impl fmt::Display for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SecretRef::Env(name) => write!(f, "${{env:{name}}}"),
+            SecretRef::File(path) => write!(f, "${{file:{path}}}"),
+        }
+    }
+}
+
+impl fmt::Debug for SecretRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretRef({self})")
+    }
+}
+
+impl<'de> Deserialize<'de> for SecretRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        SecretRef::parse(&text).map_err(de::Error::custom)
+    }
+}
+
+impl JsonSchema for SecretRef {
+    fn schema_name() -> Cow<'static, str> {
+        "SecretRef".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^\\$\\{(env:[A-Za-z_][A-Za-z0-9_]*|file:.+)\\}$",
+            "description": "A reference to a secret, never the secret itself: `${env:NAME}` reads an environment variable, `${file:PATH}` a file (relative to the metadata file).",
+            "examples": ["${env:BILLING_TOKEN}", "${file:secrets/billing_token}"]
+        })
+    }
+}
+
+/// A secret value. `Debug` and `Display` print `***`; only [`Secret::expose`] gives the value.
+#[derive(Clone)]
+pub struct Secret(SecretString);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(SecretString::from(value.into()))
+    }
+
+    /// The value, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("***")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_parse_in_each_unit() {
+        assert_eq!(Rate::parse("10/s").map(|r| r.per_second()), Ok(10.0));
+        assert_eq!(Rate::parse("600/min").map(|r| r.per_second()), Ok(10.0));
+        assert_eq!(Rate::parse("36/h").map(|r| r.per_second()), Ok(0.01));
+        assert_eq!(
+            Rate::parse("ten per second"),
+            Err(
+                "\"ten per second\" is not a rate; expected <number>/<s|min|h>, like \"10/s\""
+                    .into()
+            )
+        );
+        assert!(Rate::parse("0/s").is_err());
+        assert!(Rate::parse("10/day").is_err());
+    }
+
+    #[test]
+    fn durations_parse_and_print() {
+        assert_eq!(
+            HumanDuration::parse("30s"),
+            Ok(HumanDuration(Duration::from_secs(30)))
+        );
+        assert_eq!(
+            HumanDuration::parse("1m30s"),
+            Ok(HumanDuration(Duration::from_secs(90)))
+        );
+        assert_eq!(
+            HumanDuration::parse("250ms"),
+            Ok(HumanDuration(Duration::from_millis(250)))
+        );
+        assert_eq!(HumanDuration(Duration::from_secs(600)).to_string(), "10m");
+        assert_eq!(
+            HumanDuration::parse("10 minutes"),
+            Err("\"10 minutes\" is not a duration; expected <number><ms|s|m|h|d>, like \"30s\" or \"10m\"".into())
+        );
+        assert!(HumanDuration::parse("99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn secret_references_parse_and_never_echo_literals() {
+        assert_eq!(
+            SecretRef::parse("${env:TOKEN}"),
+            Ok(SecretRef::Env("TOKEN".into()))
+        );
+        assert_eq!(
+            SecretRef::parse("${file:s/t}"),
+            Ok(SecretRef::File("s/t".into()))
+        );
+        let err = SecretRef::parse("hunter2-canary").expect_err("literal");
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = SecretRef::parse("${env:hunter2-canary}").expect_err("malformed");
+        assert!(!err.contains("hunter2"), "{err}");
+    }
+
+    #[test]
+    fn resolving_names_the_reference_not_the_value() {
+        let env = |name: &str| (name == "SET").then(|| "canary-value".to_string());
+        let ok = SecretRef::Env("SET".into())
+            .resolve(&env, Path::new("."))
+            .expect("set");
+        assert_eq!(ok.expose(), "canary-value");
+        assert_eq!(format!("{ok:?} {ok}"), "Secret(***) ***");
+        let err = SecretRef::Env("UNSET".into())
+            .resolve(&env, Path::new("."))
+            .expect_err("unset");
+        assert_eq!(
+            err,
+            "secret reference `${env:UNSET}` cannot be resolved: environment variable UNSET is not set"
+        );
+    }
+}

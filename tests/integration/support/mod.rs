@@ -1,0 +1,42 @@
+//! Helpers shared by the integration tests.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The project root (where `cargo test` runs).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Runs the real `switchboard` binary with `args`, from the project root.
+pub fn switchboard(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_switchboard"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("the switchboard binary runs")
+}
+
+/// Writes `files` (name, text) into a new temporary folder.
+pub fn folder(files: &[(&str, &str)]) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (name, text) in files {
+        let path = dir.path().join(name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).expect("mkdir");
+        }
+        std::fs::write(&path, text).expect("write");
+    }
+    dir
+}
+
+/// Every problem of loading `path`, as printed lines (empty when the metadata is valid).
+pub fn problems(path: &Path) -> Vec<String> {
+    match switchboard::metadata::Loader::new()
+        .load(path)
+        .expect("path is readable")
+    {
+        Ok(_) => Vec::new(),
+        Err(problems) => problems.iter().map(|p| p.to_string()).collect(),
+    }
+}
