@@ -36,6 +36,8 @@ pub struct DeError {
     path: Vec<Seg>,
     pub pos: Option<Pos>,
     pub message: String,
+    /// For an unknown key that looks like a typo: the key it was probably meant to be.
+    pub suggested: Option<String>,
     recovery: Recovery,
 }
 
@@ -69,6 +71,7 @@ impl de::Error for DeError {
             path: Vec::new(),
             pos: None,
             message: msg.to_string(),
+            suggested: None,
             recovery: Recovery::RemoveValue,
         }
     }
@@ -83,6 +86,7 @@ impl de::Error for DeError {
             path: Vec::new(),
             pos: None,
             message,
+            suggested: None,
             recovery: Recovery::RemoveValue,
         }
     }
@@ -97,6 +101,7 @@ impl de::Error for DeError {
             path: Vec::new(),
             pos: None,
             message,
+            suggested: None,
             recovery: Recovery::RemoveValue,
         }
     }
@@ -110,6 +115,7 @@ impl de::Error for DeError {
             path: Vec::new(),
             pos: None,
             message,
+            suggested: None,
             recovery: Recovery::RemoveValue,
         }
     }
@@ -120,6 +126,8 @@ impl de::Error for DeError {
             path: Vec::new(),
             pos: None,
             message,
+            suggested: super::problem::did_you_mean(field, expected.iter().copied())
+                .map(str::to_string),
             recovery: Recovery::RemoveKey(field.to_string()),
         }
     }
@@ -128,7 +136,8 @@ impl de::Error for DeError {
         DeError {
             path: Vec::new(),
             pos: None,
-            message: format!("missing required key `{field}`"),
+            message: format!("missing required key `{field}`; expected `{field}:` in this mapping"),
+            suggested: None,
             recovery: Recovery::Missing(field.to_string()),
         }
     }
@@ -152,7 +161,7 @@ fn describe(unexp: &Unexpected<'_>) -> String {
 fn expected_phrase(exp: &dyn de::Expected) -> String {
     let raw = exp.to_string();
     match raw.as_str() {
-        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".to_string(),
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number".to_string(),
         "i8" | "i16" | "i32" | "i64" | "isize" => "a whole number".to_string(),
         "f32" | "f64" => "a number".to_string(),
         "a boolean" => "true or false".to_string(),
@@ -424,6 +433,7 @@ impl<'de, 'a> MapAccess<'de> for Map<'a> {
                 path: Vec::new(),
                 pos: None,
                 message: "internal error: value asked for before its key".into(),
+                suggested: None,
                 recovery: Recovery::Stop,
             });
         };
@@ -518,7 +528,8 @@ mod tests {
             shown,
             vec![
                 "Some(\"2:1\") : unknown key `retyr`; did you mean `retry`?".to_string(),
-                "Some(\"4:10\") limits.burst: found the string \"twenty\"; expected a whole number (0 or more)".to_string(),
+                "Some(\"4:10\") limits.burst: found the string \"twenty\"; expected a whole number"
+                    .to_string(),
                 "Some(\"5:3\") limits: unknown key `rtae`; did you mean `rate`?".to_string(),
             ]
         );
@@ -532,7 +543,10 @@ mod tests {
         let (conn, errors) = load("limits: {}\n");
         assert!(conn.is_none());
         assert_eq!(errors.len(), 1);
-        assert_eq!(errors[0].message, "missing required key `name`");
+        assert_eq!(
+            errors[0].message,
+            "missing required key `name`; expected `name:` in this mapping"
+        );
         assert_eq!(errors[0].pos, Some(Pos { line: 1, col: 1 }));
     }
 

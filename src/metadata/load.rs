@@ -140,12 +140,15 @@ impl Loader {
             let docs = match yaml::parse(&text) {
                 Ok(docs) => docs,
                 Err(err) => {
-                    problems.push(Problem::new(
-                        &file,
-                        err.pos,
-                        &FieldPath::root(),
-                        err.message,
-                    ));
+                    let path = match &err.connection {
+                        _ if err.path.is_empty() => FieldPath::root(),
+                        Some(name) => FieldPath::root()
+                            .key("connections")
+                            .key(name)
+                            .join(&err.path),
+                        None => err.path.clone(),
+                    };
+                    problems.push(Problem::new(&file, err.pos, &path, err.message));
                     continue;
                 }
             };
@@ -200,15 +203,17 @@ impl Loader {
     }
 }
 
-/// `connections.NAME` for a document, and where its name is written.
+/// `connections.NAME` for a document (nothing while it has no name), and where its name is.
 fn doc_prefix(node: &Node) -> (FieldPath, Option<Pos>) {
-    let base = FieldPath::root().key("connections");
     match node.get("connection") {
         Some(entry) => match entry.value.as_str() {
-            Some(name) => (base.key(name), Some(entry.value.pos)),
-            None => (base, None),
+            Some(name) => (
+                FieldPath::root().key("connections").key(name),
+                Some(entry.value.pos),
+            ),
+            None => (FieldPath::root(), None),
         },
-        None => (base, None),
+        None => (FieldPath::root(), None),
     }
 }
 

@@ -118,6 +118,9 @@ pub struct FieldProblem {
     /// For a missing required key: its name (so that a key set aside for a bad value is not
     /// reported a second time as missing).
     pub missing_key: Option<String>,
+    /// For an unknown key that looks like a typo: the key it was probably meant to be (so that
+    /// key is not also reported as missing).
+    pub suggested: Option<String>,
     pub message: String,
 }
 
@@ -129,6 +132,7 @@ impl FieldProblem {
             at_key: false,
             pos: None,
             missing_key: None,
+            suggested: None,
             message: message.into(),
         }
     }
@@ -158,13 +162,13 @@ pub fn did_you_mean<'a>(
     let word_lc = word.to_lowercase();
     let candidates: Vec<&'a str> = candidates.into_iter().collect();
     // A shortened or lengthened key (`initial` for `initial_delay`) is a likely mistake too.
-    if word_lc.len() >= 4 {
-        if let Some(c) = candidates.iter().find(|c| {
+    if word_lc.len() >= 4
+        && let Some(c) = candidates.iter().find(|c| {
             let c = c.to_lowercase();
             c.starts_with(&word_lc) || word_lc.starts_with(&c)
-        }) {
-            return Some(c);
-        }
+        })
+    {
+        return Some(c);
     }
     candidates
         .into_iter()

@@ -192,6 +192,7 @@ impl Cx {
                 at_key: false,
                 pos: err.pos,
                 missing_key: None,
+                suggested: err.suggested,
                 message: err.message,
             });
         }
@@ -675,7 +676,10 @@ impl Cx {
                 self.problems.push(FieldProblem::missing(
                     at.clone(),
                     key,
-                    format!("missing required key `{key}` for auth type `{kind}`"),
+                    format!(
+                        "missing required key `{key}` for auth type `{kind}`; expected {}",
+                        auth_key_example(key)
+                    ),
                 ));
             }
         }
@@ -692,17 +696,17 @@ impl Cx {
         if a.r#type == AuthKind::Aws && a.access_key_id.is_some() != a.secret_access_key.is_some() {
             self.push(at.clone(), "`access_key_id` and `secret_access_key` go together; expected both, or neither for the standard AWS credential chain");
         }
-        if let Some(name) = &a.name {
-            if a.r#in == Some(super::config::ApiKeyLocation::Header) && !is_header_name(name) {
-                self.push(at.key("name"), format!("{} is not a header name; expected letters, digits and dashes, like \"X-Api-Key\"", quote(name)));
-            }
+        if let Some(name) = &a.name
+            && a.r#in == Some(super::config::ApiKeyLocation::Header)
+            && !is_header_name(name)
+        {
+            self.push(at.key("name"), format!("{} is not a header name; expected letters, digits and dashes, like \"X-Api-Key\"", quote(name)));
         }
-        if let Some(user) = &a.username {
-            if user.starts_with("${") {
-                if let Err(message) = SecretRef::parse(user) {
-                    self.push(at.key("username"), message);
-                }
-            }
+        if let Some(user) = &a.username
+            && user.starts_with("${")
+            && let Err(message) = SecretRef::parse(user)
+        {
+            self.push(at.key("username"), message);
         }
         let token_url = a.token_url.as_ref().and_then(|u| {
             self.url(
@@ -719,10 +723,10 @@ impl Cx {
             r.as_ref().map(|r| cx.secret(at.key(key), r))
         };
         let username = a.username.clone().unwrap_or_default();
-        if username.starts_with("${") {
-            if let Ok(r) = SecretRef::parse(&username) {
-                self.secret(at.key("username"), &r);
-            }
+        if username.starts_with("${")
+            && let Ok(r) = SecretRef::parse(&username)
+        {
+            self.secret(at.key("username"), &r);
         }
         Some(match a.r#type {
             AuthKind::None => Auth::None,
@@ -1012,15 +1016,22 @@ impl Cx {
 fn declared(schema: &serde_json::Value, fields: &[&str]) -> Result<(), String> {
     let mut current = schema;
     let mut walked = String::from("input");
+    // Where, in the schema, the next field would be declared.
+    let mut props_at = String::from("input_schema.properties");
     for field in fields {
         let Some(props) = current.get("properties").and_then(|p| p.as_object()) else {
+            let kind = current.get("type").and_then(|t| t.as_str());
+            if let Some(kind) = kind.filter(|k| *k != "object") {
+                return Err(format!(
+                    "template uses `{walked}.{field}`, but `{walked}` is declared as {kind}, which has no fields; expected `{walked}` alone, or `type: object` with `{field}` in its `properties`"
+                ));
+            }
             if current.get("additionalProperties") == Some(&serde_json::Value::Bool(false))
                 || walked == "input"
             {
-                let msg = format!(
-                    "template uses `{walked}.{field}`, which `input_schema` does not declare; expected `{field}` under `input_schema.properties`"
-                );
-                return Err(msg);
+                return Err(format!(
+                    "template uses `{walked}.{field}`, which `input_schema` does not declare; expected `{field}` under `{props_at}`"
+                ));
             }
             return Ok(());
         };
@@ -1029,16 +1040,15 @@ fn declared(schema: &serde_json::Value, fields: &[&str]) -> Result<(), String> {
                 current = sub;
                 walked.push('.');
                 walked.push_str(field);
+                props_at = format!("{props_at}.{field}.properties");
             }
             None => {
                 let names: Vec<&str> = props.keys().map(String::as_str).collect();
                 let hint = match super::problem::did_you_mean(field, names.iter().copied()) {
                     Some(best) => format!("did you mean `{walked}.{best}`?"),
-                    None if names.is_empty() => {
-                        format!("expected `{field}` under `input_schema.properties`")
-                    }
+                    None if names.is_empty() => format!("expected `{field}` under `{props_at}`"),
                     None => format!(
-                        "expected one of {} or a new entry in `input_schema.properties`",
+                        "expected one of {} or a new entry in `{props_at}`",
                         list(&names)
                     ),
                 };
@@ -1105,6 +1115,17 @@ fn plugin_path(base: &FieldPath, segs: &[PathSegment]) -> FieldPath {
     path
 }
 
+/// What an auth key holds, for a message about it missing.
+fn auth_key_example(key: &str) -> &'static str {
+    match key {
+        "username" | "client_id" => "plain text, like \"crm-integration\"",
+        "in" => "`header` or `query`",
+        "name" => "a header or query parameter name, like \"X-Api-Key\"",
+        "token_url" => "a URL, like \"https://login.example.com/oauth2/token\"",
+        _ => "a secret reference, like \"${env:NAME}\"",
+    }
+}
+
 fn s3_op_name(op: S3Operation) -> &'static str {
     match op {
         S3Operation::Put => "put",
@@ -1160,10 +1181,6 @@ pub fn locate(node: &Node, path: &FieldPath, at_key: bool) -> Pos {
                     } else {
                         e.value.pos
                     };
-                    // An empty value (`key:`) sits at its key.
-                    if e.value.value == Value::Null && e.value.pos.line != e.key_pos.line {
-                        pos = e.key_pos;
-                    }
                     current = &e.value;
                 }
                 None => break,
@@ -1182,17 +1199,25 @@ pub fn locate(node: &Node, path: &FieldPath, at_key: bool) -> Pos {
 }
 
 /// Keeps the order problems were found in but drops a "missing" problem for a key that had
-/// a bad value (it was set aside and is already reported).
+/// a bad value (it was set aside and is already reported) or for the key a misspelt one was
+/// meant to be (the unknown key's message already suggests it).
 pub fn drop_echoes(problems: Vec<FieldProblem>) -> Vec<FieldProblem> {
     let reported: HashSet<FieldPath> = problems
         .iter()
         .filter(|p| p.pos.is_some())
         .map(|p| p.path.clone())
         .collect();
+    let typos: HashSet<FieldPath> = problems
+        .iter()
+        .filter_map(|p| p.suggested.as_ref().map(|s| p.path.key(s)))
+        .collect();
     problems
         .into_iter()
         .filter(|p| match &p.missing_key {
-            Some(key) => !reported.contains(&p.path.key(key)),
+            Some(key) => {
+                let target = p.path.key(key);
+                !reported.contains(&target) && !typos.contains(&target)
+            }
             None => true,
         })
         .collect()

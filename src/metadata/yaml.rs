@@ -11,6 +11,8 @@ use std::fmt;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span};
 
+use super::problem::FieldPath;
+
 /// Deepest nesting of mappings and lists accepted in one document.
 pub const MAX_DEPTH: usize = 64;
 /// Most nodes one file may expand to, counting every copy an alias makes.
@@ -150,20 +152,76 @@ pub struct Document {
 pub struct SyntaxError {
     pub pos: Pos,
     pub message: String,
+    /// Where in the document the error is, as far as the parser got (empty when unknown).
+    pub path: FieldPath,
+    /// The document's `connection:` name, when it was read before the error.
+    pub connection: Option<String>,
+}
+
+impl SyntaxError {
+    fn at(pos: Pos, message: impl Into<String>) -> SyntaxError {
+        SyntaxError {
+            pos,
+            message: message.into(),
+            path: FieldPath::root(),
+            connection: None,
+        }
+    }
 }
 
 enum Frame {
+    /// `start` is the character index where the collection starts, to tell `[` from a block.
     Seq {
         pos: Pos,
+        start: usize,
         anchor: usize,
         items: Vec<Node>,
     },
     Map {
         pos: Pos,
+        start: usize,
         anchor: usize,
         entries: Vec<Entry>,
         key: Option<(String, Pos)>,
     },
+}
+
+/// The path to the value being built: each open mapping's pending key, each list's next index.
+fn stack_path(stack: &[Frame]) -> FieldPath {
+    let mut path = FieldPath::root();
+    for frame in stack {
+        match frame {
+            Frame::Seq { items, .. } => path = path.index(items.len()),
+            Frame::Map {
+                key: Some((k, _)), ..
+            } => path = path.key(k),
+            Frame::Map { key: None, .. } => {}
+        }
+    }
+    path
+}
+
+/// The root mapping's `connection:` value, if it has been read.
+fn stack_connection(stack: &[Frame]) -> Option<String> {
+    match stack.first() {
+        Some(Frame::Map { entries, .. }) => entries
+            .iter()
+            .find(|e| e.key == "connection")
+            .and_then(|e| e.value.as_str().map(str::to_string)),
+        _ => None,
+    }
+}
+
+/// Words for the parser's terse messages.
+fn explain(info: &str) -> String {
+    let hint = if info.contains("did not find expected key") || info.contains("block indentation") {
+        "; expected keys of one mapping to line up, indented with spaces"
+    } else if info.contains("mapping values are not allowed") {
+        "; expected `key: value` on its own line, or a value in quotes if it contains `: `"
+    } else {
+        ""
+    };
+    format!("invalid YAML: {info}{hint}")
 }
 
 /// Parses every document of `text`.
@@ -178,15 +236,14 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
     let mut budget = MAX_NODES;
     let mut doc_pos = Pos { line: 1, col: 1 };
     let mut root: Option<Node> = None;
+    // Whether the last scalar was empty (`key:` with nothing after it).
+    let mut empty = false;
 
     for event in Parser::new_from_str(text) {
-        let (event, span) = event.map_err(|e| SyntaxError {
-            pos: Pos {
-                line: e.marker().line(),
-                col: e.marker().col() + 1,
-            },
-            message: format!("invalid YAML: {}", e.info()),
-        })?;
+        let (event, span) = match event {
+            Ok(ev) => ev,
+            Err(e) => return Err(scan_error(text, &stack, &e)),
+        };
         let pos = Pos::from_span(&span);
         let finished: Option<(Node, usize)> = match event {
             Event::StreamStart | Event::StreamEnd | Event::Nothing => None,
@@ -204,9 +261,8 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
                 None
             }
             Event::Alias(id) => {
-                let node = anchors.get(&id).cloned().ok_or_else(|| SyntaxError {
-                    pos,
-                    message: "invalid YAML: alias to an unknown anchor".to_string(),
+                let node = anchors.get(&id).cloned().ok_or_else(|| {
+                    SyntaxError::at(pos, "invalid YAML: alias to an unknown anchor")
                 })?;
                 let size = count_nodes(&node);
                 if size > budget {
@@ -223,6 +279,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
             }
             Event::Scalar(text, style, anchor, tag) => {
                 budget = budget.checked_sub(1).ok_or_else(|| limit_error(pos))?;
+                empty = text.is_empty() && style == ScalarStyle::Plain && tag.is_none();
                 let value = if tag.is_some() || style != ScalarStyle::Plain {
                     let tagged = tag.as_ref().map(|t| t.suffix.as_str());
                     resolve_tagged(&text, tagged, pos)?
@@ -238,6 +295,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
                 budget = budget.checked_sub(1).ok_or_else(|| limit_error(pos))?;
                 stack.push(Frame::Seq {
                     pos,
+                    start: span.start.index(),
                     anchor,
                     items: Vec::new(),
                 });
@@ -250,6 +308,7 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
                 budget = budget.checked_sub(1).ok_or_else(|| limit_error(pos))?;
                 stack.push(Frame::Map {
                     pos,
+                    start: span.start.index(),
                     anchor,
                     entries: Vec::new(),
                     key: None,
@@ -257,19 +316,16 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
                 None
             }
             Event::SequenceEnd => match stack.pop() {
-                Some(Frame::Seq { pos, anchor, items }) => Some((
+                Some(Frame::Seq {
+                    pos, anchor, items, ..
+                }) => Some((
                     Node {
                         pos,
                         value: Value::Seq(items),
                     },
                     anchor,
                 )),
-                _ => {
-                    return Err(SyntaxError {
-                        pos,
-                        message: "invalid YAML: unbalanced list".into(),
-                    });
-                }
+                _ => return Err(SyntaxError::at(pos, "invalid YAML: unbalanced list")),
             },
             Event::MappingEnd => match stack.pop() {
                 Some(Frame::Map {
@@ -284,17 +340,44 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
                     },
                     anchor,
                 )),
-                _ => {
-                    return Err(SyntaxError {
-                        pos,
-                        message: "invalid YAML: unbalanced mapping".into(),
-                    });
-                }
+                _ => return Err(SyntaxError::at(pos, "invalid YAML: unbalanced mapping")),
             },
         };
-        let Some((node, anchor)) = finished else {
+        let Some((mut node, anchor)) = finished else {
             continue;
         };
+        let was_empty = std::mem::take(&mut empty);
+        // A key about to be set: refuse non-scalar and duplicate keys, with the path.
+        if let Some(Frame::Map {
+            entries, key: None, ..
+        }) = stack.last()
+        {
+            let text = match &node.value {
+                Value::String(s) => s.clone(),
+                Value::Int(i) => i.to_string(),
+                Value::Bool(b) => b.to_string(),
+                Value::Float(f) => f.to_string(),
+                Value::Null => "null".to_string(),
+                _ => {
+                    return Err(SyntaxError::at(
+                        node.pos,
+                        "a mapping key must be a plain value; found a list or mapping used as a key",
+                    ));
+                }
+            };
+            if let Some(first) = entries.iter().find(|e| e.key == text) {
+                let message = format!(
+                    "duplicate key `{text}`; expected each key once in a mapping (first given at line {}, column {})",
+                    first.key_pos.line, first.key_pos.col
+                );
+                return Err(SyntaxError {
+                    pos: node.pos,
+                    message,
+                    path: stack_path(&stack).key(&text),
+                    connection: stack_connection(&stack),
+                });
+            }
+        }
         if anchor != 0 {
             anchors.insert(anchor, node.clone());
         }
@@ -308,51 +391,82 @@ pub fn parse(text: &str) -> Result<Vec<Document>, SyntaxError> {
                         Value::Int(i) => i.to_string(),
                         Value::Bool(b) => b.to_string(),
                         Value::Float(f) => f.to_string(),
-                        Value::Null => "null".to_string(),
-                        _ => {
-                            return Err(SyntaxError {
-                                pos: node.pos,
-                                message: "a mapping key must be a plain value; found a list or mapping used as a key".into(),
-                            });
-                        }
+                        _ => "null".to_string(),
                     };
-                    if let Some(first) = entries.iter().find(|e| e.key == text) {
-                        return Err(SyntaxError {
-                            pos: node.pos,
-                            message: format!(
-                                "duplicate key `{text}`; first given at line {}, column {}",
-                                first.key_pos.line, first.key_pos.col
-                            ),
-                        });
-                    }
                     *key = Some((text, node.pos));
                 }
-                Some((k, key_pos)) => entries.push(Entry {
-                    key: k,
-                    key_pos,
-                    value: node,
-                    removed: false,
-                }),
+                Some((k, key_pos)) => {
+                    // An empty value (`key:`) sits at its key, where the admin will look.
+                    if was_empty {
+                        node.pos = key_pos;
+                    }
+                    entries.push(Entry {
+                        key: k,
+                        key_pos,
+                        value: node,
+                        removed: false,
+                    })
+                }
             },
         }
     }
     Ok(docs)
 }
 
-fn limit_error(pos: Pos) -> SyntaxError {
+/// A scanner error as a [`SyntaxError`]: a `[` or `{` left open is reported where it opens
+/// (the scanner only notices on a later line), a tab where it is.
+fn scan_error(text: &str, stack: &[Frame], e: &saphyr_parser::ScanError) -> SyntaxError {
+    let mut pos = Pos {
+        line: e.marker().line(),
+        col: e.marker().col() + 1,
+    };
+    if e.info().contains("tab") && pos.col > 1 {
+        let line = text.lines().nth(pos.line.saturating_sub(1)).unwrap_or("");
+        if line.chars().nth(pos.col - 2) == Some('\t') {
+            pos.col -= 1;
+        }
+    }
+    let path = stack_path(stack);
+    let connection = stack_connection(stack);
+    for frame in stack.iter().rev() {
+        let (fpos, start, open, what, close) = match frame {
+            Frame::Seq { pos, start, .. } => (*pos, *start, '[', "list", ']'),
+            Frame::Map { pos, start, .. } => (*pos, *start, '{', "mapping", '}'),
+        };
+        if fpos.line < pos.line && text.chars().nth(start) == Some(open) {
+            let message = format!(
+                "invalid YAML: this {what} is not closed; expected `{close}` after its last item"
+            );
+            return SyntaxError {
+                pos: fpos,
+                message,
+                path,
+                connection,
+            };
+        }
+    }
     SyntaxError {
         pos,
-        message: format!(
-            "document expands to more than {MAX_NODES} values (aliases included); expected metadata of a sane size"
-        ),
+        message: explain(e.info()),
+        path,
+        connection,
     }
 }
 
-fn depth_error(pos: Pos) -> SyntaxError {
-    SyntaxError {
+fn limit_error(pos: Pos) -> SyntaxError {
+    SyntaxError::at(
         pos,
-        message: format!("nesting deeper than {MAX_DEPTH} levels; expected flatter metadata"),
-    }
+        format!(
+            "file expands to more than {MAX_NODES} values (aliases included); expected metadata of a sane size"
+        ),
+    )
+}
+
+fn depth_error(pos: Pos) -> SyntaxError {
+    SyntaxError::at(
+        pos,
+        format!("nesting deeper than {MAX_DEPTH} levels; expected flatter metadata"),
+    )
 }
 
 fn count_nodes(node: &Node) -> usize {
@@ -384,10 +498,10 @@ fn resolve_plain(text: &str) -> Value {
     if let Some(int) = parse_int(text) {
         return Value::Int(int);
     }
-    if looks_like_float(text) {
-        if let Ok(f) = text.parse::<f64>() {
-            return Value::Float(f);
-        }
+    if looks_like_float(text)
+        && let Ok(f) = text.parse::<f64>()
+    {
+        return Value::Float(f);
     }
     Value::String(text.to_string())
 }
@@ -416,10 +530,7 @@ fn looks_like_float(text: &str) -> bool {
 }
 
 fn resolve_tagged(text: &str, tag: Option<&str>, pos: Pos) -> Result<Value, SyntaxError> {
-    let bad = |what: &str| SyntaxError {
-        pos,
-        message: format!("{} is not {what}", quote(text)),
-    };
+    let bad = |what: &str| SyntaxError::at(pos, format!("{} is not {what}", quote(text)));
     Ok(match tag {
         None | Some("str") => Value::String(text.to_string()),
         Some("int") => Value::Int(parse_int(text).ok_or_else(|| bad("an integer"))?),
@@ -431,12 +542,10 @@ fn resolve_tagged(text: &str, tag: Option<&str>, pos: Pos) -> Result<Value, Synt
         },
         Some("null") => Value::Null,
         Some(other) => {
-            return Err(SyntaxError {
+            return Err(SyntaxError::at(
                 pos,
-                message: format!(
-                    "unsupported tag `!{other}`; expected plain YAML values without tags"
-                ),
-            });
+                format!("unsupported tag `!{other}`; expected plain YAML values without tags"),
+            ));
         }
     })
 }
@@ -488,8 +597,13 @@ mod tests {
         assert_eq!(err.pos, Pos { line: 3, col: 1 });
         assert_eq!(
             err.message,
-            "duplicate key `a`; first given at line 1, column 1"
+            "duplicate key `a`; expected each key once in a mapping (first given at line 1, column 1)"
         );
+        assert_eq!(err.path.to_string(), "a");
+        let nested =
+            parse("connection: billing\nlimits:\n  rate: 1/s\n  rate: 2/s\n").expect_err("dup");
+        assert_eq!(nested.path.to_string(), "limits.rate");
+        assert_eq!(nested.connection.as_deref(), Some("billing"));
     }
 
     #[test]
@@ -503,7 +617,7 @@ mod tests {
         }
         let err = parse(&text).expect_err("too big");
         assert!(
-            err.message.starts_with("document expands to more than"),
+            err.message.starts_with("file expands to more than"),
             "{}",
             err.message
         );
