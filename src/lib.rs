@@ -4,3 +4,5 @@
 //! named functions; later modules queue and run callouts against them.
 
 pub mod metadata;
+pub mod queue;
+pub mod wrapper;

@@ -78,6 +78,11 @@ impl Loader {
         Ok(())
     }
 
+    /// The plugin connection type registered under `name`.
+    pub fn plugin(&self, name: &str) -> Option<&dyn ConnectorType> {
+        self.plugins.get(name).map(|b| b.as_ref())
+    }
+
     /// Loads `path`: a folder (every YAML file below it) or one file.
     ///
     /// # Errors

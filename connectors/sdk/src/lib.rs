@@ -3,7 +3,10 @@
 //! A plugin adds a connection type that plain REST or SOAP metadata cannot express. It
 //! registers under a type name; when metadata names that type, the engine hands the plugin the
 //! connection's `settings` and each function's `request` to check, and reports the plugin's
-//! [`Issue`]s with file, line, column and field path like its own.
+//! [`Issue`]s with file, line, column and field path like its own. Then it asks the plugin to
+//! [`ConnectorType::build`] a [`Wrapper`]: the one async trait every wrapper implements, the
+//! built-in REST, SOAP and S3 wrappers included. A wrapper turns a [`Call`] into an
+//! [`Outcome`]: data, or a [`CallError`] whose [`ErrorKind`] decides whether it is retried.
 //!
 //! ```
 //! use switchboard_sdk::{ConnectorType, Issue, PathSegment};
@@ -91,4 +94,23 @@ pub trait ConnectorType: Send + Sync {
 
     /// Checks one function's `request` (JSON `null` when absent).
     fn validate_request(&self, request: &serde_json::Value) -> Vec<Issue>;
+
+    /// Builds the wrapper that runs this connection's callouts. Called with settings and
+    /// requests that [`ConnectorType::validate_settings`] and
+    /// [`ConnectorType::validate_request`] accepted.
+    ///
+    /// # Errors
+    /// A message naming what could not be built; the engine refuses to load the metadata.
+    /// The default refuses: a type that only checks metadata cannot run callouts.
+    fn build(&self, cx: BuildContext) -> Result<std::sync::Arc<dyn Wrapper>, String> {
+        Err(format!(
+            "connection `{}`: type `{}` cannot run callouts",
+            cx.connection,
+            self.type_name()
+        ))
+    }
 }
+
+mod call;
+
+pub use call::{BuildContext, Call, CallError, ErrorKind, Outcome, Wrapper};
