@@ -3,6 +3,12 @@
 //! Connection metadata in YAML ([`metadata`]) declares endpoints, credentials, limits and
 //! named functions; later modules queue and run callouts against them.
 
+pub mod controller;
+pub mod demo;
+pub mod dispatch;
+pub mod engine;
 pub mod metadata;
+pub mod observe;
 pub mod queue;
+pub mod server;
 pub mod wrapper;

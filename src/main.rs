@@ -4,7 +4,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use switchboard::controller::CallerAuth;
+use switchboard::engine::StartError;
 use switchboard::metadata::{Loader, Metadata, Problem, model::Request, schema};
+use switchboard::server::{self, ServeError, ServerConfig};
 
 /// Switchboard: durable, rate-limited callouts from a CRM to REST, SOAP and S3 services,
 /// declared in YAML connection metadata.
@@ -44,6 +47,80 @@ enum Command {
     },
     /// Print the JSON Schema of the metadata format, for editors.
     Schema,
+    /// Run the engine: the HTTP API, the durable queue and the dispatcher.
+    Serve(ServeArgs),
+    /// Enqueue one callout on a running server and print it.
+    Call(CallArgs),
+    /// Run the engine against built-in demo services and summarise what happened.
+    ///
+    /// Starts demo services and the engine on loopback (with a temporary database and the
+    /// metadata of metadata/demo), enqueues callouts over the HTTP API, waits for every one to
+    /// end and prints a summary. Exits 0 when every callout ended and the calls in flight never
+    /// exceeded the cap, 1 when not, 2 when the demo could not run, 130 on Ctrl-C.
+    Demo(DemoArgs),
+}
+
+#[derive(clap::Args)]
+struct DemoArgs {
+    /// Callouts to enqueue.
+    #[arg(long, default_value_t = 300, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    callouts: u32,
+    /// The engine's cap on calls in flight at once.
+    #[arg(long, default_value_t = 25, value_parser = clap::value_parser!(u32).range(1..=1_000))]
+    max_concurrent_callouts: u32,
+    /// Address of the engine's API; loopback only.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+    /// After the summary, keep the engine and the demo services running until Ctrl-C, and
+    /// print how to call them.
+    #[arg(long)]
+    keep_running: bool,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Metadata folder.
+    #[arg(long, default_value = "metadata")]
+    metadata: PathBuf,
+    /// Database URL; the SQLite file is created if missing.
+    #[arg(long, default_value = "sqlite://switchboard.db")]
+    db: String,
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: std::net::SocketAddr,
+    /// Calls in flight at once, over all connections.
+    #[arg(long, default_value_t = 25)]
+    max_concurrent_callouts: usize,
+    /// File with one caller key per line (besides SWITCHBOARD_API_KEYS, comma-separated).
+    #[arg(long)]
+    api_key_file: Option<PathBuf>,
+    /// Turn caller authentication off (development only).
+    #[arg(long)]
+    dev: bool,
+    /// Largest request body, in bytes.
+    #[arg(long, default_value_t = switchboard::controller::DEFAULT_BODY_LIMIT)]
+    max_body_bytes: usize,
+}
+
+#[derive(clap::Args)]
+struct CallArgs {
+    /// `connection.function`.
+    function: String,
+    /// The input, a JSON object.
+    #[arg(long, default_value = "{}")]
+    input: String,
+    /// Wait this long for the callout to finish, like `10s` (at most 120s).
+    #[arg(long)]
+    wait: Option<String>,
+    /// An idempotency key.
+    #[arg(long)]
+    idempotency_key: Option<String>,
+    /// The server's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// Caller key (or SWITCHBOARD_API_KEY).
+    #[arg(long, env = "SWITCHBOARD_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -65,7 +142,180 @@ fn main() -> ExitCode {
             print!("{}", schema::editor_schema());
             ExitCode::SUCCESS
         }
+        Command::Serve(args) => runtime().block_on(serve(args)),
+        Command::Call(args) => runtime().block_on(call(args)),
+        Command::Demo(args) => runtime().block_on(demo(args)),
     }
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: cannot start the async runtime: {err}");
+            std::process::exit(2);
+        }
+    }
+}
+
+/// Caller keys from SWITCHBOARD_API_KEYS and the key file.
+fn caller_keys(file: Option<&Path>) -> Result<Vec<String>, String> {
+    let mut keys: Vec<String> = std::env::var("SWITCHBOARD_API_KEYS")
+        .unwrap_or_default()
+        .split(',')
+        .map(|k| k.trim().to_string())
+        .filter(|k| !k.is_empty())
+        .collect();
+    if let Some(file) = file {
+        let text = std::fs::read_to_string(file)
+            .map_err(|e| format!("cannot read the key file {}: {e}", file.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_string),
+        );
+    }
+    Ok(keys)
+}
+
+async fn serve(args: ServeArgs) -> ExitCode {
+    switchboard::observe::init_logging("info");
+    let auth = if args.dev {
+        tracing::warn!("DEV MODE: caller authentication is OFF; anyone who can reach {} can enqueue callouts", args.listen);
+        CallerAuth::Open
+    } else {
+        match caller_keys(args.api_key_file.as_deref()) {
+            Ok(keys) if keys.is_empty() => {
+                eprintln!("error: no caller keys: set SWITCHBOARD_API_KEYS (comma-separated) or --api-key-file, or run with --dev for local development");
+                return ExitCode::from(2);
+            }
+            Ok(keys) => CallerAuth::Keys(std::sync::Arc::new(keys)),
+            Err(message) => {
+                eprintln!("error: {message}");
+                return ExitCode::from(2);
+            }
+        }
+    };
+    let mut config = ServerConfig::new(&args.metadata, &args.db);
+    config.listen = args.listen;
+    config.max_concurrent_callouts = args.max_concurrent_callouts.max(1);
+    config.auth = auth;
+    config.body_limit = args.max_body_bytes;
+    let server = match server::start(config, Loader::new()).await {
+        Ok(server) => server,
+        Err(ServeError::Engine(StartError::Invalid(problems))) => {
+            for p in &problems {
+                eprintln!("error: {p}");
+            }
+            eprintln!("the metadata in {} has {} problem(s); nothing was started", args.metadata.display(), problems.len());
+            return ExitCode::from(1);
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing::info!(addr = %server.addr, metadata = %args.metadata.display(), db = %args.db, "switchboard is serving");
+    let stop = server.stop_token();
+    let engine = server.engine.clone();
+    tokio::spawn(signals(stop, engine));
+    server.run_until_stopped().await;
+    tracing::info!("switchboard stopped");
+    ExitCode::SUCCESS
+}
+
+/// SIGTERM and SIGINT stop the server gracefully; SIGHUP reloads the metadata.
+async fn signals(stop: tokio_util::sync::CancellationToken, engine: switchboard::engine::Engine) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => match engine.reload() {
+                Ok(n) => tracing::info!(connections = n, "metadata reloaded on SIGHUP"),
+                Err(problems) => {
+                    for p in &problems {
+                        tracing::error!(problem = %p, "reload refused");
+                    }
+                }
+            },
+        }
+    }
+    tracing::info!("stopping: no new callouts are claimed; in-flight calls may finish");
+    stop.cancel();
+}
+
+async fn demo(args: DemoArgs) -> ExitCode {
+    // Warnings and errors only: the progress and the summary are the demo's output.
+    switchboard::observe::init_logging("warn");
+    let options = switchboard::demo::DemoOptions {
+        callouts: args.callouts as usize,
+        max_concurrent_callouts: args.max_concurrent_callouts as usize,
+        listen: args.listen,
+        keep_running: args.keep_running,
+        ..switchboard::demo::DemoOptions::default()
+    };
+    match switchboard::demo::run(options).await {
+        Ok(switchboard::demo::Verdict::Passed) => ExitCode::SUCCESS,
+        Ok(switchboard::demo::Verdict::Failed) => ExitCode::from(1),
+        Ok(switchboard::demo::Verdict::Interrupted) => ExitCode::from(130),
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+async fn call(args: CallArgs) -> ExitCode {
+    let input: serde_json::Value = match serde_json::from_str(&args.input) {
+        Ok(v) => v,
+        Err(e) => {
+            eprintln!("error: --input is not valid JSON: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let mut body = serde_json::json!({ "function": args.function, "input": input });
+    if let Some(wait) = &args.wait {
+        body["wait"] = serde_json::Value::String(wait.clone());
+    }
+    if let Some(key) = &args.idempotency_key {
+        body["idempotency_key"] = serde_json::Value::String(key.clone());
+    }
+    let client = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(150)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: cannot build an HTTP client: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let url = format!("{}/v1/callouts", args.server.trim_end_matches('/'));
+    let mut request = client.post(&url).json(&body);
+    if let Some(key) = &args.api_key {
+        request = request.bearer_auth(key);
+    }
+    let response = match request.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot reach {url}: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(json) => println!("{}", serde_json::to_string_pretty(&json).unwrap_or(text)),
+        Err(_) => println!("{text}"),
+    }
+    if status.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 /// Loads `dir`, or says why it cannot be used (exit 2).

@@ -8,6 +8,9 @@
 
 pub mod sqlite;
 
+#[cfg(test)]
+pub(crate) mod contract;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -183,7 +186,7 @@ pub struct ListQuery {
 /// What replay and cancel did.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Transition {
-    Done(Callout),
+    Done(Box<Callout>),
     NotFound,
     /// The callout's status does not allow it.
     WrongStatus(Status),

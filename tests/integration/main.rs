@@ -4,6 +4,7 @@ mod support;
 
 mod catalogue;
 mod cli;
+mod demo;
 mod docs;
 mod schema;
 mod secrets;

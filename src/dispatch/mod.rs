@@ -1,0 +1,302 @@
+//! The dispatcher: claims ready callouts and runs them within every limit.
+//!
+//! Invariants: at most `max_concurrent_callouts` claims are held at once (a global permit is
+//! taken before claiming and kept until the result is recorded), so no more calls than that
+//! are ever in flight; a connection's `concurrency` and `rate`/`burst` limits are waited for
+//! before calling; a `Retry-After` pauses the whole connection (in memory, and in the store for
+//! its queued callouts). Every claimed callout ends recorded (succeeded, retrying, failed),
+//! released at shutdown, or — if this process dies — reclaimed after its lease.
+
+mod limits;
+pub mod retry;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use switchboard_sdk::{Call, CallError, ErrorKind, Outcome};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
+
+pub use limits::ConnLimits;
+
+use crate::engine::{Inner, now_millis};
+use crate::queue::{Attempt, Claimed, Finish, Finished, Next};
+
+/// Claims held now: callout id → attempt, to release them at shutdown.
+type Active = Arc<Mutex<HashMap<String, u32>>>;
+
+/// The dispatcher loop. Returns after shutdown, once in-flight calls are done or released.
+pub(crate) async fn run(inner: Arc<Inner>) {
+    let permits = Arc::new(Semaphore::new(inner.config.max_concurrent_callouts.max(1)));
+    let active: Active = Arc::new(Mutex::new(HashMap::new()));
+    let mut running: JoinSet<()> = JoinSet::new();
+    loop {
+        // Reap finished tasks so the set stays small.
+        while running.try_join_next().is_some() {}
+        let first = tokio::select! {
+            _ = inner.shutdown.cancelled() => break,
+            permit = permits.clone().acquire_owned() => match permit {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+        };
+        let mut held = vec![first];
+        while held.len() < 256 {
+            match permits.clone().try_acquire_owned() {
+                Ok(p) => held.push(p),
+                Err(_) => break,
+            }
+        }
+        let version = inner.current.load_full();
+        let skip = inner.limits.saturated(&version.metadata);
+        let lease = lease_for(&inner);
+        let claimed = match inner.store.claim(now_millis(), held.len() as u32, lease, &skip).await {
+            Ok(claimed) => claimed,
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming callouts failed; retrying shortly");
+                Vec::new()
+            }
+        };
+        if claimed.is_empty() {
+            drop(held);
+            tokio::select! {
+                _ = inner.shutdown.cancelled() => break,
+                _ = inner.wake.notified() => {},
+                _ = tokio::time::sleep(inner.config.poll_interval) => {},
+            }
+            continue;
+        }
+        for claim in claimed {
+            let Some(permit) = held.pop() else { break };
+            if let Ok(mut map) = active.lock() {
+                map.insert(claim.callout.id.clone(), claim.attempt);
+            }
+            running.spawn(run_one(inner.clone(), claim, permit, active.clone(), lease));
+        }
+        // Unused permits go back when `held` drops.
+    }
+    // Shutdown: let in-flight calls finish within the grace period, then release the rest.
+    let grace = tokio::time::sleep(inner.config.shutdown_grace);
+    tokio::pin!(grace);
+    loop {
+        tokio::select! {
+            _ = &mut grace => break,
+            next = running.join_next() => if next.is_none() { break },
+        }
+    }
+    running.abort_all();
+    while running.join_next().await.is_some() {}
+    let left: Vec<(String, u32)> = match active.lock() {
+        Ok(map) => map.iter().map(|(k, v)| (k.clone(), *v)).collect(),
+        Err(_) => Vec::new(),
+    };
+    if !left.is_empty() {
+        match inner.store.release(&left, now_millis()).await {
+            Ok(()) => tracing::info!(released = left.len(), "unfinished callouts returned to the queue"),
+            Err(err) => tracing::error!(error = %err, "releasing callouts at shutdown failed; they return after their lease"),
+        }
+    }
+}
+
+/// A lease long enough for any attempt of the current metadata.
+fn lease_for(inner: &Inner) -> Duration {
+    let version = inner.current.load();
+    let longest = version
+        .metadata
+        .connections
+        .values()
+        .map(|c| c.limits.timeout)
+        .max()
+        .unwrap_or_default();
+    inner.config.min_lease.max(longest * 2)
+}
+
+/// Runs one claimed callout to its recorded end.
+async fn run_one(
+    inner: Arc<Inner>,
+    claim: Claimed,
+    _permit: OwnedSemaphorePermit,
+    active: Active,
+    lease: Duration,
+) {
+    let callout = &claim.callout;
+    let version = inner.current.load_full();
+    let started = now_millis();
+    let found = version.metadata.function(&callout.function);
+    let (outcome, duration_ms, connection_name) = match found {
+        None => (
+            Outcome::failure(
+                CallError::new(
+                    ErrorKind::Config,
+                    format!(
+                        "function `{}` no longer exists in the metadata; restore it and replay the callout",
+                        callout.function
+                    ),
+                ),
+                None,
+                0,
+            ),
+            0,
+            callout.connection.clone(),
+        ),
+        Some((conn, function)) => {
+            let state = inner.limits.state_for(conn);
+            let waited = state.wait_turn().await;
+            if waited > lease / 3 {
+                let until = now_millis() + lease.as_millis() as i64;
+                if let Ok(Finished::Fenced) =
+                    inner.store.extend_lease(&callout.id, claim.attempt, until).await
+                {
+                    forget(&active, &callout.id);
+                    return;
+                }
+            }
+            let wrapper = version.wrappers.get(&conn.name).cloned();
+            let guard = inner.metrics.call_started();
+            let begin = tokio::time::Instant::now();
+            let deadline = std::time::Instant::now() + conn.limits.timeout;
+            let outcome = match wrapper {
+                None => Outcome::failure(
+                    CallError::new(ErrorKind::Config, format!("connection `{}` has no wrapper", conn.name)),
+                    None,
+                    0,
+                ),
+                Some(wrapper) => {
+                    let call = Call {
+                        callout_id: &callout.id,
+                        function: &function.name,
+                        input: &callout.input,
+                        attempt: claim.attempt,
+                        idempotency_key: callout.idempotency_key.as_deref().unwrap_or(&callout.id),
+                        deadline,
+                    };
+                    let limit = tokio::time::Instant::from_std(deadline) + Duration::from_secs(1);
+                    match tokio::time::timeout_at(limit, wrapper.call(call)).await {
+                        Ok(outcome) => outcome,
+                        Err(_) => Outcome::failure(
+                            CallError::new(ErrorKind::Timeout, format!("no answer within {:?}", conn.limits.timeout)),
+                            None,
+                            0,
+                        ),
+                    }
+                }
+            };
+            let duration_ms = begin.elapsed().as_millis() as u64;
+            drop(guard);
+            state.done();
+            if let Err(err) = &outcome.result
+                && let Some(wait) = err.retry_after
+            {
+                let wait = wait.min(inner.config.retry_after_cap);
+                state.pause_for(wait);
+                let until = now_millis() + wait.as_millis() as i64;
+                if let Err(e) = inner.store.delay_connection(&conn.name, until).await {
+                    tracing::warn!(error = %e, connection = %conn.name, "could not delay the connection's queue");
+                }
+                inner.wake.notify_one();
+            }
+            (outcome, duration_ms, conn.name.clone())
+        }
+    };
+    let retry_policy = found.map(|(c, _)| c.retry.clone()).unwrap_or_default();
+    let now = now_millis();
+    let next = match &outcome.result {
+        Ok(_) => Next::Succeeded,
+        Err(err) => retry::next(&retry_policy, callout, err, now, inner.config.retry_after_cap),
+    };
+    let status_word = match (&outcome.result, &next) {
+        (Ok(_), _) => "succeeded",
+        (Err(_), Next::Retry { .. }) => "retrying",
+        (Err(_), _) => "failed",
+    };
+    inner.metrics.attempt(&callout.function, &connection_name, status_word, duration_ms as f64 / 1000.0);
+    let result = standard_result(&outcome, duration_ms, claim.attempt, &connection_name);
+    let (error_kind, error_message) = match &outcome.result {
+        Ok(_) => (None, None),
+        Err(e) => (Some(e.kind.as_str().to_string()), Some(e.message.clone())),
+    };
+    if let Err(e) = &outcome.result {
+        tracing::debug!(callout_id = %callout.id, function = %callout.function, attempt = claim.attempt, error = %e, outcome = status_word, "attempt failed");
+    }
+    let finish = Finish {
+        id: callout.id.clone(),
+        attempt: claim.attempt,
+        record: Attempt {
+            attempt: claim.attempt,
+            series: 0,
+            started_at: started,
+            duration_ms,
+            http_status: outcome.http_status,
+            error_kind,
+            error_message,
+            response_bytes: outcome.response_bytes,
+        },
+        result,
+        next,
+        now,
+    };
+    let mut delay = Duration::from_millis(50);
+    for _ in 0..6 {
+        match inner.store.finish(vec![finish.clone()]).await {
+            Ok(done) => {
+                if done.first() == Some(&Finished::Fenced) {
+                    tracing::warn!(callout_id = %callout.id, attempt = claim.attempt, "result refused: the claim's lease expired and the callout was reclaimed");
+                }
+                break;
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, callout_id = %callout.id, "recording a result failed; retrying");
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+        }
+    }
+    forget(&active, &callout.id);
+    let _ = inner.finished.send(callout.id.clone());
+}
+
+fn forget(active: &Active, id: &str) {
+    if let Ok(mut map) = active.lock() {
+        map.remove(id);
+    }
+}
+
+/// The standard result of an attempt.
+pub fn standard_result(outcome: &Outcome, duration_ms: u64, attempt: u32, connection: &str) -> Value {
+    let meta = json!({
+        "http_status": outcome.http_status,
+        "duration_ms": duration_ms,
+        "attempt": attempt,
+        "connection": connection,
+    });
+    match &outcome.result {
+        Ok(data) => json!({ "status": "succeeded", "data": data, "error": null, "meta": meta }),
+        Err(e) => json!({
+            "status": "failed",
+            "data": null,
+            "error": { "kind": e.kind.as_str(), "message": e.message, "retryable": e.retryable() },
+            "meta": meta,
+        }),
+    }
+}
+
+/// Reclaims expired leases while the engine runs.
+pub(crate) async fn reclaim_loop(inner: Arc<Inner>) {
+    let every = (inner.config.min_lease / 4).max(Duration::from_millis(100));
+    loop {
+        tokio::select! {
+            _ = inner.shutdown.cancelled() => return,
+            _ = tokio::time::sleep(every) => {},
+        }
+        match inner.store.reclaim(now_millis(), false).await {
+            Ok(0) => {}
+            Ok(n) => {
+                tracing::warn!(reclaimed = n, "callouts whose lease expired are queued again");
+                inner.wake.notify_one();
+            }
+            Err(err) => tracing::warn!(error = %err, "reclaiming expired leases failed"),
+        }
+    }
+}

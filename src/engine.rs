@@ -1,0 +1,404 @@
+//! The engine: metadata, wrappers, the store and the dispatcher, wired together.
+//!
+//! Owns the current metadata version (swapped atomically on reload; callouts already running
+//! keep the version they started with), the per-connection limit state (kept across reloads),
+//! and the spawned dispatcher and reclaimer tasks (stopped in order by [`Engine::shutdown`]).
+//! The HTTP controller and the CLI talk to the engine, never to the pieces behind it.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use switchboard_sdk::Wrapper;
+use tokio::sync::{Notify, broadcast};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::dispatch::{self, ConnLimits};
+use crate::metadata::{Loader, Metadata, Problem};
+use crate::observe::Metrics;
+use crate::queue::{Callout, Enqueued, Millis, NewCallout, Store, StoreError};
+use crate::wrapper;
+
+/// How the engine runs.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    /// The metadata folder (reloaded from here).
+    pub metadata_dir: PathBuf,
+    /// Calls in flight at once, over all connections.
+    pub max_concurrent_callouts: usize,
+    /// Shortest lease of a claim; a connection with a long timeout gets twice its timeout.
+    pub min_lease: Duration,
+    /// Longest wait a `Retry-After` may impose.
+    pub retry_after_cap: Duration,
+    /// How long in-flight calls may finish after a shutdown starts.
+    pub shutdown_grace: Duration,
+    /// How often the dispatcher looks for due callouts when nothing woke it.
+    pub poll_interval: Duration,
+    /// Whether to run callouts at all (off: enqueue only, for benchmarks and maintenance).
+    pub dispatch: bool,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        EngineConfig {
+            metadata_dir: PathBuf::from("metadata"),
+            max_concurrent_callouts: 25,
+            min_lease: Duration::from_secs(60),
+            retry_after_cap: Duration::from_secs(600),
+            shutdown_grace: Duration::from_secs(30),
+            poll_interval: Duration::from_millis(50),
+            dispatch: true,
+        }
+    }
+}
+
+/// One loaded metadata version and the wrappers built for it.
+pub struct Version {
+    pub metadata: Arc<Metadata>,
+    pub wrappers: HashMap<String, Arc<dyn Wrapper>>,
+    /// Problems found while building (unresolvable secrets, ...), also logged.
+    pub warnings: Vec<String>,
+}
+
+/// Why the engine could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("{0}")]
+    Load(#[from] crate::metadata::LoadError),
+    #[error("the metadata has {} problem(s)", .0.len())]
+    Invalid(Vec<Problem>),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// A callout asked for by a caller.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CalloutRequest {
+    pub function: String,
+    pub input: Value,
+    pub idempotency_key: Option<String>,
+    pub run_at: Option<Millis>,
+}
+
+/// Why one callout was not enqueued.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Refusal {
+    /// No such `connection.function`.
+    UnknownFunction(String),
+    /// The input fails the function's input schema: (JSON pointer, message) for each failure.
+    InvalidInput(Vec<(String, String)>),
+    /// The idempotency key was used with another function or input.
+    Conflict { existing_id: String },
+}
+
+/// What enqueueing one request did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accepted {
+    Created(Callout),
+    /// The same idempotency key, function and input: the original callout.
+    Existing(Callout),
+}
+
+pub(crate) struct Inner {
+    pub config: EngineConfig,
+    pub store: Arc<dyn Store>,
+    pub loader: Loader,
+    pub current: ArcSwap<Version>,
+    pub metrics: Metrics,
+    /// Ids of callouts whose attempt just finished.
+    pub finished: broadcast::Sender<String>,
+    /// Wakes the dispatcher (new work).
+    pub wake: Notify,
+    pub limits: ConnLimits,
+    pub shutdown: CancellationToken,
+    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+}
+
+/// A running engine. Cheap to clone.
+#[derive(Clone)]
+pub struct Engine {
+    pub(crate) inner: Arc<Inner>,
+    tasks: Arc<std::sync::Mutex<Vec<JoinHandle<()>>>>,
+}
+
+/// Milliseconds since the Unix epoch now.
+pub fn now_millis() -> Millis {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+}
+
+fn build_version(
+    metadata: Metadata,
+    loader: &Loader,
+    env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+) -> Version {
+    let built = wrapper::build_all(&metadata, loader, env);
+    for warning in &built.warnings {
+        tracing::warn!(warning = %warning, "connection cannot run callouts");
+    }
+    Version { metadata: Arc::new(metadata), wrappers: built.by_connection, warnings: built.warnings }
+}
+
+impl Engine {
+    /// Loads the metadata, reclaims callouts left running by a previous process (this engine
+    /// is the store's only user), and starts the dispatcher.
+    ///
+    /// # Errors
+    /// The metadata cannot be read or has problems, or the store fails.
+    pub async fn start(
+        config: EngineConfig,
+        store: Arc<dyn Store>,
+        loader: Loader,
+    ) -> Result<Engine, StartError> {
+        let env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync> =
+            Arc::new(|name: &str| std::env::var(name).ok());
+        Engine::start_with_env(config, store, loader, env).await
+    }
+
+    /// [`Engine::start`] with a given environment for secret references (tests).
+    ///
+    /// # Errors
+    /// As [`Engine::start`].
+    pub async fn start_with_env(
+        config: EngineConfig,
+        store: Arc<dyn Store>,
+        loader: Loader,
+        env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    ) -> Result<Engine, StartError> {
+        let metadata = loader.load(&config.metadata_dir)?.map_err(StartError::Invalid)?;
+        let version = build_version(metadata, &loader, env.as_ref());
+        let reclaimed = store.reclaim(now_millis(), true).await?;
+        if reclaimed > 0 {
+            tracing::warn!(reclaimed, "callouts left running by a previous engine are queued again");
+        }
+        let (finished, _) = broadcast::channel(4096);
+        let inner = Arc::new(Inner {
+            config,
+            store,
+            loader,
+            current: ArcSwap::from_pointee(version),
+            metrics: Metrics::new(),
+            finished,
+            wake: Notify::new(),
+            limits: ConnLimits::default(),
+            shutdown: CancellationToken::new(),
+            env,
+        });
+        let engine = Engine { inner, tasks: Arc::new(std::sync::Mutex::new(Vec::new())) };
+        let mut tasks = Vec::new();
+        if engine.inner.config.dispatch {
+            tasks.push(tokio::spawn(dispatch::run(engine.inner.clone())));
+        }
+        tasks.push(tokio::spawn(dispatch::reclaim_loop(engine.inner.clone())));
+        if let Ok(mut guard) = engine.tasks.lock() {
+            guard.extend(tasks);
+        }
+        Ok(engine)
+    }
+
+    /// The current metadata version.
+    pub fn version(&self) -> Arc<Version> {
+        self.inner.current.load_full()
+    }
+
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.inner.store
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.inner.config
+    }
+
+    /// Loads the metadata folder again. Invalid metadata is refused with its problems and the
+    /// engine keeps the version it has. Returns the number of connections loaded.
+    ///
+    /// # Errors
+    /// Every problem of the new metadata (or why the folder could not be read, as one problem).
+    pub fn reload(&self) -> Result<usize, Vec<Problem>> {
+        let dir = &self.inner.config.metadata_dir;
+        let metadata = match self.inner.loader.load(dir) {
+            Ok(Ok(metadata)) => metadata,
+            Ok(Err(problems)) => return Err(problems),
+            Err(err) => {
+                return Err(vec![Problem {
+                    file: dir.clone(),
+                    line: 0,
+                    column: 0,
+                    path: String::new(),
+                    message: err.to_string(),
+                }]);
+            }
+        };
+        let count = metadata.connections.len();
+        let version = build_version(metadata, &self.inner.loader, self.inner.env.as_ref());
+        self.inner.current.store(Arc::new(version));
+        self.inner.wake.notify_one();
+        tracing::info!(connections = count, "metadata reloaded");
+        Ok(count)
+    }
+
+    /// Checks and enqueues callouts in one durable commit. Each request gets its own answer.
+    ///
+    /// # Errors
+    /// The store failed; nothing was enqueued.
+    pub async fn enqueue(
+        &self,
+        requests: Vec<CalloutRequest>,
+    ) -> Result<Vec<Result<Accepted, Refusal>>, StoreError> {
+        let version = self.version();
+        let now = now_millis();
+        let mut answers: Vec<Option<Result<Accepted, Refusal>>> = Vec::with_capacity(requests.len());
+        let mut batch = Vec::new();
+        let mut slots = Vec::new();
+        for (i, req) in requests.into_iter().enumerate() {
+            let Some((conn, function)) = version.metadata.function(&req.function) else {
+                answers.push(Some(Err(Refusal::UnknownFunction(req.function))));
+                continue;
+            };
+            let failures: Vec<(String, String)> = function
+                .input_schema
+                .validator
+                .iter_errors(&req.input)
+                .map(|e| (e.instance_path().to_string(), e.to_string()))
+                .collect();
+            if !failures.is_empty() {
+                answers.push(Some(Err(Refusal::InvalidInput(failures))));
+                continue;
+            }
+            answers.push(None);
+            slots.push(i);
+            batch.push(NewCallout {
+                id: uuid::Uuid::now_v7().to_string(),
+                request_hash: request_hash(&req.function, &req.input),
+                function: req.function,
+                connection: conn.name.clone(),
+                input: req.input,
+                idempotency_key: req.idempotency_key,
+                run_at: req.run_at.unwrap_or(now).max(now),
+                now,
+            });
+        }
+        if !batch.is_empty() {
+            let stored = self.inner.store.enqueue(batch).await?;
+            for (slot, outcome) in slots.into_iter().zip(stored) {
+                answers[slot] = Some(match outcome {
+                    Enqueued::Created(c) => Ok(Accepted::Created(c)),
+                    Enqueued::Existing(c) => Ok(Accepted::Existing(c)),
+                    Enqueued::Conflict { existing_id } => Err(Refusal::Conflict { existing_id }),
+                });
+            }
+            self.inner.wake.notify_one();
+        }
+        Ok(answers
+            .into_iter()
+            .map(|a| a.unwrap_or(Err(Refusal::UnknownFunction(String::new()))))
+            .collect())
+    }
+
+    /// Waits until the callout's status is final or `timeout` passes, then returns it.
+    ///
+    /// # Errors
+    /// The store failed.
+    pub async fn wait(&self, id: &str, timeout: Duration) -> Result<Option<Callout>, StoreError> {
+        let mut finished = self.inner.finished.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let callout = self.inner.store.get(id).await?;
+            match &callout {
+                None => return Ok(None),
+                Some(c) if c.status.is_final() => return Ok(callout),
+                Some(_) => {}
+            }
+            // Wake on this callout's attempts (or a lagged channel), at the deadline at most.
+            loop {
+                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                    Err(_) => return Ok(callout),
+                    Ok(Ok(done)) if done == id => break,
+                    Ok(Ok(_)) => continue,
+                    Ok(Err(broadcast::error::RecvError::Lagged(_))) => break,
+                    Ok(Err(broadcast::error::RecvError::Closed)) => return Ok(callout),
+                }
+            }
+        }
+    }
+
+    /// Wakes the dispatcher (after a replay, for instance).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Stops claiming, lets in-flight calls finish within the grace period, releases the rest.
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let tasks: Vec<JoinHandle<()>> = match self.tasks.lock() {
+            Ok(mut guard) => guard.drain(..).collect(),
+            Err(_) => Vec::new(),
+        };
+        for task in tasks {
+            let _ = task.await;
+        }
+    }
+}
+
+/// SHA-256 over the function and the canonical JSON of the input (keys sorted).
+pub fn request_hash(function: &str, input: &Value) -> String {
+    fn canonical(value: &Value, out: &mut String) {
+        match value {
+            Value::Object(map) => {
+                let mut keys: Vec<&String> = map.keys().collect();
+                keys.sort();
+                out.push('{');
+                for (i, k) in keys.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(&Value::String((*k).clone()).to_string());
+                    out.push(':');
+                    canonical(&map[*k], out);
+                }
+                out.push('}');
+            }
+            Value::Array(items) => {
+                out.push('[');
+                for (i, item) in items.iter().enumerate() {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    canonical(item, out);
+                }
+                out.push(']');
+            }
+            other => out.push_str(&other.to_string()),
+        }
+    }
+    let mut text = String::new();
+    canonical(input, &mut text);
+    let mut hasher = Sha256::new();
+    hasher.update(function.as_bytes());
+    hasher.update([0u8]);
+    hasher.update(text.as_bytes());
+    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_hash_ignores_key_order_but_not_values() {
+        let a = serde_json::json!({"a": 1, "b": {"x": [1, 2], "y": "z"}});
+        let b = serde_json::json!({"b": {"y": "z", "x": [1, 2]}, "a": 1});
+        let c = serde_json::json!({"a": 2, "b": {"x": [1, 2], "y": "z"}});
+        assert_eq!(request_hash("f.g", &a), request_hash("f.g", &b));
+        assert_ne!(request_hash("f.g", &a), request_hash("f.g", &c));
+        assert_ne!(request_hash("f.g", &a), request_hash("f.h", &a));
+    }
+}

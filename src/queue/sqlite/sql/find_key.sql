@@ -1,0 +1,2 @@
+-- ?1 idempotency key
+SELECT * FROM callouts WHERE idempotency_key = ?1

@@ -1,0 +1,2 @@
+-- ?1 id
+SELECT * FROM callouts WHERE id = ?1

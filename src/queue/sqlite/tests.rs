@@ -1,0 +1,419 @@
+//! The SQLite store: the shared [`Store`] contract, then what only this store has — group
+//! commit, the file on disk, the query plans, and how failures are classified.
+//!
+//! Each test opens its own database in a temporary directory.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use sqlx::sqlite::SqliteConnectOptions;
+use sqlx::{AssertSqlSafe, ConnectOptions, SqliteConnection};
+use tempfile::TempDir;
+use tokio::sync::oneshot;
+
+use super::*;
+use crate::queue::contract::{T0, callout, store_contract};
+
+fn path(dir: &TempDir) -> std::path::PathBuf {
+    dir.path().join("queue.db")
+}
+
+fn url(dir: &TempDir) -> String {
+    format!("sqlite://{}", path(dir).display())
+}
+
+/// A fresh store, and the directory that holds its file.
+async fn open_store() -> (SqliteStore, TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url(&dir)).await.unwrap();
+    (store, dir)
+}
+
+/// A connection of our own to the store's file, beside the store's.
+async fn raw(dir: &TempDir) -> SqliteConnection {
+    SqliteConnectOptions::new()
+        .filename(path(dir))
+        .connect()
+        .await
+        .unwrap()
+}
+
+store_contract!(open_store);
+
+// ---------------------------------------------------------------------------------------------
+// Group commit
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_share_commits() {
+    let (store, _dir) = open_store().await;
+    let store = Arc::new(store);
+    let before = store.commits();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for n in 0..2_000 {
+        let store = Arc::clone(&store);
+        tasks.spawn(async move {
+            let item = callout(&format!("c{n:04}"), "acme", T0);
+            store.enqueue(vec![item]).await
+        });
+    }
+    while let Some(done) = tasks.join_next().await {
+        let done = done.unwrap().unwrap();
+        assert!(
+            matches!(done.as_slice(), [Enqueued::Created(_)]),
+            "{done:?}"
+        );
+    }
+
+    let commits = store.commits() - before;
+    println!("2,000 concurrent enqueues: {commits} commits");
+    assert!(commits < 1_000, "2,000 enqueues took {commits} commits");
+    assert_eq!(store.counts().await.unwrap()[0], (Status::Queued, 2_000));
+}
+
+#[tokio::test]
+async fn every_write_is_one_commit_when_alone() {
+    let (store, _dir) = open_store().await;
+
+    store
+        .enqueue(vec![callout("c1", "acme", T0)])
+        .await
+        .unwrap();
+    store
+        .claim(T0, 10, Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    store.get("c1").await.unwrap();
+
+    assert_eq!(store.commits(), 2);
+}
+
+/// A writer of our own over a raw connection, to run a chosen group.
+async fn writer(dir: &TempDir) -> Writer {
+    Writer {
+        conn: raw(dir).await,
+        commits: Arc::new(AtomicU64::new(0)),
+    }
+}
+
+type Answer = oneshot::Receiver<Result<Vec<Enqueued>, StoreError>>;
+
+fn enqueue_op(batch: Vec<NewCallout>) -> (Op, Answer) {
+    let (reply, answer) = oneshot::channel();
+    (Op::Enqueue(Job::new(batch, reply)), answer)
+}
+
+#[tokio::test]
+async fn failing_operation_fails_alone_in_its_group() {
+    let (store, dir) = open_store().await;
+    let mut writer = writer(&dir).await;
+    let (first, first_answer) = enqueue_op(vec![callout("c1", "acme", T0)]);
+    // c2 is fine, but c1 is there already: this whole enqueue fails, c2 included.
+    let (bad, bad_answer) = enqueue_op(vec![callout("c2", "acme", T0), callout("c1", "acme", T0)]);
+    let (last, last_answer) = enqueue_op(vec![callout("c3", "acme", T0)]);
+
+    writer.commit_group(vec![first, bad, last]).await;
+
+    assert_eq!(writer.commits.load(Ordering::Relaxed), 1);
+    assert!(first_answer.await.unwrap().is_ok());
+    assert!(last_answer.await.unwrap().is_ok());
+    let err = bad_answer.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the store failed: enqueue callout c1: (code: 1555) UNIQUE constraint failed: callouts.id"
+    );
+    assert!(store.get("c1").await.unwrap().is_some());
+    assert_eq!(store.get("c2").await.unwrap(), None);
+    assert!(store.get("c3").await.unwrap().is_some());
+}
+
+/// A writer whose database file cannot grow by more than a few pages.
+async fn cramped_writer(dir: &TempDir) -> Writer {
+    let mut writer = writer(dir).await;
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut writer.conn)
+        .await
+        .unwrap();
+    // Room for small rows, not for a megabyte.
+    sqlx::query(AssertSqlSafe(format!(
+        "PRAGMA max_page_count = {}",
+        pages + 8
+    )))
+    .execute(&mut writer.conn)
+    .await
+    .unwrap();
+    writer
+}
+
+fn big(id: &str) -> NewCallout {
+    NewCallout {
+        input: serde_json::json!({ "blob": "x".repeat(1_000_000) }),
+        ..callout(id, "acme", T0)
+    }
+}
+
+#[tokio::test]
+async fn full_disk_fails_the_operation_as_unavailable() {
+    let (store, dir) = open_store().await;
+    let mut writer = cramped_writer(&dir).await;
+    let (small, small_answer) = enqueue_op(vec![callout("small", "acme", T0)]);
+    let (big, big_answer) = enqueue_op(vec![big("big")]);
+    let (after, after_answer) = enqueue_op(vec![callout("after", "acme", T0)]);
+
+    // SQLite rolls back the whole transaction on a full disk: the others run again without it.
+    writer.commit_group(vec![small, big, after]).await;
+
+    let err = big_answer.await.unwrap().unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "the store is unavailable: enqueue callout big: (code: 13) database or disk is full"
+    );
+    assert!(small_answer.await.unwrap().is_ok());
+    assert!(after_answer.await.unwrap().is_ok());
+    assert_eq!(writer.commits.load(Ordering::Relaxed), 1);
+    assert_eq!(store.get("big").await.unwrap(), None);
+    assert!(store.get("small").await.unwrap().is_some());
+    assert!(store.get("after").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn group_aborted_twice_fails_as_a_whole() {
+    let (store, dir) = open_store().await;
+    let mut writer = cramped_writer(&dir).await;
+    let (first, first_answer) = enqueue_op(vec![big("big1")]);
+    let (small, small_answer) = enqueue_op(vec![callout("small", "acme", T0)]);
+    let (second, second_answer) = enqueue_op(vec![big("big2")]);
+
+    writer.commit_group(vec![first, small, second]).await;
+
+    let full = |id: &str| {
+        format!(
+            "the store is unavailable: enqueue callout {id}: (code: 13) database or disk is full"
+        )
+    };
+    assert_eq!(
+        first_answer.await.unwrap().unwrap_err().to_string(),
+        full("big1")
+    );
+    // The retry without big1 was aborted by big2: no third try, the rest fails with it.
+    assert_eq!(
+        small_answer.await.unwrap().unwrap_err().to_string(),
+        full("big2")
+    );
+    assert_eq!(
+        second_answer.await.unwrap().unwrap_err().to_string(),
+        full("big2")
+    );
+    assert_eq!(writer.commits.load(Ordering::Relaxed), 0);
+    assert_eq!(store.counts().await.unwrap()[0], (Status::Queued, 0));
+    // The writer goes on with the next group.
+    let (next, next_answer) = enqueue_op(vec![callout("next", "acme", T0)]);
+    writer.commit_group(vec![next]).await;
+    assert!(next_answer.await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn calls_after_the_writer_is_gone_are_closed() {
+    let (mut store, _dir) = open_store().await;
+    store.writer.abort();
+    assert!((&mut store.writer).await.is_err());
+
+    let enqueued = store.enqueue(vec![callout("c1", "acme", T0)]).await;
+    let claimed = store.claim(T0, 1, Duration::from_secs(1), &[]).await;
+
+    assert!(matches!(enqueued, Err(StoreError::Closed)), "{enqueued:?}");
+    assert!(matches!(claimed, Err(StoreError::Closed)), "{claimed:?}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The file
+
+#[tokio::test]
+async fn enqueued_callout_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url(&dir)).await.unwrap();
+    let done = store
+        .enqueue(vec![callout("c1", "acme", T0)])
+        .await
+        .unwrap();
+    drop(store);
+
+    let reopened = SqliteStore::open(&url(&dir)).await.unwrap();
+
+    let Some(Enqueued::Created(created)) = done.into_iter().next() else {
+        panic!("expected a created callout");
+    };
+    assert_eq!(reopened.get("c1").await.unwrap(), Some(created));
+    reopened.close().await.unwrap();
+    let again = SqliteStore::open(&url(&dir)).await.unwrap();
+    assert!(again.get("c1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn database_is_in_wal_mode() {
+    let (_store, dir) = open_store().await;
+    let mut conn = raw(&dir).await;
+
+    let mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut conn)
+        .await
+        .unwrap();
+
+    assert_eq!(mode, "wal");
+}
+
+#[tokio::test]
+async fn in_memory_database_is_refused() {
+    let err = SqliteStore::open("sqlite::memory:").await.unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        "the store failed: cannot open \"sqlite::memory:\": an in-memory database cannot be \
+         shared by the writer and the readers; use a file, like \"sqlite://switchboard.db\""
+    );
+}
+
+#[tokio::test]
+async fn file_in_a_missing_directory_is_a_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("missing/queue.db").display());
+
+    let err = SqliteStore::open(&url).await.unwrap_err();
+
+    assert_eq!(
+        err.to_string(),
+        format!("the store failed: cannot open {url:?}: (code: 14) unable to open database file")
+    );
+}
+
+#[tokio::test]
+async fn unreadable_row_is_a_failure_naming_the_callout() {
+    let (store, dir) = open_store().await;
+    let mut conn = raw(&dir).await;
+    sqlx::query(
+        "INSERT INTO callouts (id, function, connection, input, request_hash, status, attempts, \
+         series, series_attempts, series_started_at, created_at, updated_at, next_attempt_at) \
+         VALUES ('bad', 'acme.send', 'acme', '{not json', 'h', 'queued', 0, 0, 0, 1, 1, 1, 1)",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+
+    let got = store.get("bad").await.unwrap_err();
+    let listed = store
+        .list(&ListQuery {
+            limit: 5,
+            ..ListQuery::default()
+        })
+        .await
+        .unwrap_err();
+
+    let expected = "the store failed: callout bad cannot be read: input: key must be a string at line 1 column 2";
+    assert_eq!(got.to_string(), expected);
+    assert_eq!(listed.to_string(), expected);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Query plans: per-callout costs must not grow with the backlog
+
+/// The `detail` lines of SQLite's plan for `statement`.
+async fn explain(dir: &TempDir, statement: &str) -> Vec<String> {
+    let mut conn = raw(dir).await;
+    let rows = sqlx::query(AssertSqlSafe(format!("EXPLAIN QUERY PLAN {statement}")))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    rows.iter()
+        .map(|row| row.try_get::<String, _>("detail").unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn claim_walks_the_ready_index_in_order() {
+    let (_store, dir) = open_store().await;
+
+    let plan = explain(&dir, sql::CLAIM_READY).await;
+
+    assert_eq!(
+        plan[0],
+        "SEARCH callouts USING INDEX callouts_ready (next_attempt_at<?)"
+    );
+    // The rest is the skip list; the callouts themselves are neither scanned nor sorted.
+    assert!(
+        plan[1..]
+            .iter()
+            .all(|line| !line.contains("callouts") && !line.contains("TEMP B-TREE")),
+        "{plan:#?}"
+    );
+}
+
+#[tokio::test]
+async fn per_callout_statements_go_by_key() {
+    let (_store, dir) = open_store().await;
+    let by_id = ["SEARCH callouts USING INDEX sqlite_autoindex_callouts_1 (id=?)"];
+
+    for statement in [
+        sql::GET,
+        sql::STATUS_OF,
+        sql::CLAIM_ONE,
+        sql::FINISH,
+        sql::EXTEND_LEASE,
+        sql::RELEASE,
+        sql::REPLAY,
+        sql::CANCEL,
+    ] {
+        assert_eq!(explain(&dir, statement).await, by_id, "{statement}");
+    }
+    assert_eq!(
+        explain(&dir, sql::FIND_KEY).await,
+        ["SEARCH callouts USING INDEX sqlite_autoindex_callouts_2 (idempotency_key=?)"]
+    );
+    assert_eq!(
+        explain(&dir, sql::ATTEMPTS).await,
+        ["SEARCH attempts USING PRIMARY KEY (callout_id=?)"]
+    );
+}
+
+#[tokio::test]
+async fn bulk_statements_touch_only_their_rows() {
+    let (_store, dir) = open_store().await;
+    let running = ["SCAN callouts USING INDEX callouts_leases"];
+
+    assert_eq!(explain(&dir, sql::RECLAIM).await, running);
+    assert_eq!(explain(&dir, sql::RECLAIM_JOURNAL).await, running);
+    assert_eq!(
+        explain(&dir, sql::DELAY_CONNECTION).await,
+        ["SEARCH callouts USING INDEX callouts_ready_by_connection \
+             (connection=? AND next_attempt_at<?)"]
+    );
+}
+
+#[tokio::test]
+async fn list_pages_through_an_index() {
+    let (_store, dir) = open_store().await;
+    let query = |status: Option<Status>, function: Option<&str>| ListQuery {
+        status,
+        function: function.map(str::to_owned),
+        limit: 10,
+        before_id: Some("c5".to_owned()),
+    };
+    let cases = [
+        (
+            query(None, None),
+            "SEARCH callouts USING INDEX sqlite_autoindex_callouts_1 (id<?)",
+        ),
+        (
+            query(Some(Status::Failed), None),
+            "SEARCH callouts USING INDEX callouts_by_status (status=? AND id<?)",
+        ),
+        (
+            query(None, Some("acme.send")),
+            "SEARCH callouts USING INDEX callouts_by_function (function=? AND id<?)",
+        ),
+    ];
+
+    for (query, expected) in cases {
+        let statement = list_statement(&query).into_string();
+        assert_eq!(explain(&dir, &statement).await, [expected], "{statement}");
+    }
+}

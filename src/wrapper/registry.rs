@@ -1,0 +1,171 @@
+//! The connection types that run callouts, in one list, and building a wrapper for every
+//! connection of a metadata version.
+//!
+//! [`BUILT_IN`] names each built-in kind once; any other type name is a plugin's, built
+//! through [`Loader::plugin`] and [`ConnectorType::build`](switchboard_sdk::ConnectorType::build).
+//! Every connection gets a wrapper: one that cannot be built (a secret that cannot be read, a
+//! kind that cannot run callouts yet) gets a [`FailingWrapper`] whose every call fails with
+//! `ErrorKind::Config` and the reason, and the reason goes into [`Wrappers::warnings`].
+//! Reasons name secret references, never their values.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use switchboard_sdk::{BuildContext, Call, CallError, ErrorKind, Outcome, Wrapper};
+
+use super::net;
+use super::rest::RestWrapper;
+use crate::metadata::model::{Connection, Protocol, Request};
+use crate::metadata::values::{Secret, SecretRef};
+use crate::metadata::{Loader, Metadata};
+
+/// Builds the wrapper of one connection, reading secrets with the given function. An error
+/// names the connection.
+type Build = fn(&Connection, &dyn Fn(&SecretRef) -> Result<Secret, String>) -> Built;
+
+type Built = Result<Arc<dyn Wrapper>, String>;
+
+/// The built-in connection types, one line each.
+#[rustfmt::skip]
+pub const BUILT_IN: &[(&str, Build)] = &[
+    ("rest", |c, secret| Ok(Arc::new(RestWrapper::build(c, secret)?))),
+    ("soap", |c, _| Err(not_yet(c, "soap connections cannot run callouts yet"))),
+    ("s3", |c, _| Err(not_yet(c, "s3 connections cannot run callouts yet"))),
+];
+
+/// The wrappers of one metadata version.
+pub struct Wrappers {
+    /// One wrapper per connection, by connection name.
+    pub by_connection: HashMap<String, Arc<dyn Wrapper>>,
+    /// Why some connections cannot run callouts, for the engine to log at start.
+    pub warnings: Vec<String>,
+}
+
+/// Builds a wrapper for every connection. `env` reads environment variables for secret
+/// references; `loader` knows the plugins' types.
+pub fn build_all(
+    metadata: &Metadata,
+    loader: &Loader,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Wrappers {
+    let mut wrappers = Wrappers {
+        by_connection: HashMap::with_capacity(metadata.connections.len()),
+        warnings: Vec::new(),
+    };
+    for (name, connection) in &metadata.connections {
+        let wrapper = match build(connection, loader, env) {
+            Ok(wrapper) => wrapper,
+            Err(reason) => {
+                wrappers.warnings.push(reason.clone());
+                Arc::new(FailingWrapper::new(reason)) as Arc<dyn Wrapper>
+            }
+        };
+        wrappers.by_connection.insert(name.clone(), wrapper);
+    }
+    wrappers
+}
+
+fn build(connection: &Connection, loader: &Loader, env: &dyn Fn(&str) -> Option<String>) -> Built {
+    let name = &connection.name;
+    let base = connection.source.file.parent().unwrap_or(Path::new("."));
+    let secret = |r: &SecretRef| r.resolve(env, base);
+    if let Some((_, build)) = BUILT_IN
+        .iter()
+        .find(|(kind, _)| *kind == connection.type_name)
+    {
+        return build(connection, &secret);
+    }
+    let Some(kind) = loader.plugin(&connection.type_name) else {
+        return Err(format!(
+            "connection `{name}`: type `{}` is neither built in nor registered by a plugin",
+            connection.type_name
+        ));
+    };
+    let settings = match &connection.protocol {
+        Protocol::Plugin { settings } => settings.clone(),
+        _ => serde_json::Value::Null,
+    };
+    let functions = connection
+        .functions
+        .iter()
+        .map(|(fname, f)| {
+            let request = match &f.request {
+                Request::Plugin { request } => request.clone(),
+                _ => serde_json::Value::Null,
+            };
+            (fname.clone(), request)
+        })
+        .collect();
+    let cx = BuildContext {
+        connection: name.clone(),
+        endpoint: connection.endpoint.as_ref().map(|u| u.to_string()),
+        settings,
+        functions,
+        http: net::http_client(connection)?,
+    };
+    kind.build(cx).map_err(|why| {
+        let prefix = format!("connection `{name}`: ");
+        if why.starts_with(&prefix) {
+            why
+        } else {
+            format!("{prefix}{why}")
+        }
+    })
+}
+
+fn not_yet(connection: &Connection, what: &str) -> String {
+    format!(
+        "connection `{}`: {what}; they arrive in a later version",
+        connection.name
+    )
+}
+
+/// A wrapper for a connection that cannot run callouts: every call fails with
+/// `ErrorKind::Config` and the reason.
+#[derive(Debug, Clone)]
+pub struct FailingWrapper {
+    reason: String,
+}
+
+impl FailingWrapper {
+    pub fn new(reason: impl Into<String>) -> FailingWrapper {
+        FailingWrapper {
+            reason: reason.into(),
+        }
+    }
+}
+
+#[async_trait]
+impl Wrapper for FailingWrapper {
+    async fn call(&self, _call: Call<'_>) -> Outcome {
+        Outcome::failure(
+            CallError::new(ErrorKind::Config, self.reason.clone()),
+            None,
+            0,
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+    use crate::metadata::validate::BUILT_IN_TYPES;
+
+    #[test]
+    fn every_kind_name_is_unique() {
+        let names: Vec<&str> = BUILT_IN.iter().map(|(name, _)| *name).collect();
+        let unique: BTreeSet<&str> = names.iter().copied().collect();
+        assert_eq!(names.len(), unique.len(), "{names:?}");
+    }
+
+    #[test]
+    fn every_type_the_metadata_accepts_is_registered() {
+        let registered: BTreeSet<&str> = BUILT_IN.iter().map(|(name, _)| *name).collect();
+        let accepted: BTreeSet<&str> = BUILT_IN_TYPES.into_iter().collect();
+        assert_eq!(registered, accepted);
+    }
+}

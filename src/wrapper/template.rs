@@ -1,0 +1,707 @@
+//! Request templates: the path, query, headers and JSON body of a REST function, rendered
+//! from a callout's input.
+//!
+//! Each wrapper owns one [`Templates`] (one minijinja `Environment`); every template is
+//! compiled when the wrapper is built, never per call. Rendering is strict: an undefined
+//! variable is an error, never empty text. What a template prints is made safe for where it
+//! lands, so input can only ever be data:
+//!
+//! - in a path, every printed value is percent-encoded as one path segment (all but
+//!   `A-Z a-z 0-9 - . _ ~`), `.` and `..` become `%2E` and `%2E%2E`, and an empty value is
+//!   refused, so a value cannot add or remove segments, or add a query, a fragment or
+//!   userinfo; [`join`] then refuses dot segments and checks that scheme, host and port are
+//!   still the endpoint's;
+//! - query values are plain text, encoded by `Url::query_pairs_mut`;
+//! - header values are plain text, and a line break in one is an error;
+//! - in a JSON body, a string that is exactly one `{{ expression }}` becomes the expression's
+//!   value (a number stays a number, an object an object), and any other string is rendered
+//!   as text into a JSON string, so values are JSON-escaped by construction.
+
+use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+use serde_json::Value as Json;
+use url::Url;
+
+/// What a path value may keep unencoded: the unreserved characters of RFC 3986.
+const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// Name prefix of path templates, whose printed values the formatter encodes.
+const PATH: &str = "path:";
+/// Name prefix of the other templates.
+const TEXT: &str = "text:";
+/// Name prefix of templates that capture one expression's value.
+const VALUE: &str = "value:";
+/// The variable a value template assigns.
+const CAPTURED: &str = "_value";
+/// Deepest JSON value converted; deeper input is refused rather than overflowing the stack.
+const MAX_DEPTH: usize = 128;
+
+/// The compiled templates of one wrapper.
+pub struct Templates {
+    env: Environment<'static>,
+}
+
+impl Default for Templates {
+    fn default() -> Self {
+        Templates::new()
+    }
+}
+
+impl std::fmt::Debug for Templates {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Templates")
+    }
+}
+
+/// Text that may be a template: kept as is when it has no `{{`, `{%` or `{#`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Text {
+    Literal(String),
+    /// The name of a compiled template.
+    Template(String),
+}
+
+/// A JSON body whose strings are templates.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Body {
+    /// A value with no template in it.
+    Literal(Json),
+    /// A string rendered as text.
+    Text(String),
+    /// A string that is exactly one expression: replaced by the expression's value.
+    Value(String),
+    Array(Vec<Body>),
+    Object(Vec<(String, Body)>),
+}
+
+/// One function's request, compiled.
+#[derive(Debug, Clone)]
+pub struct RequestTemplate {
+    pub path: Text,
+    pub query: Vec<(String, Text)>,
+    pub headers: Vec<(String, Text)>,
+    pub body: Option<Body>,
+}
+
+/// One function's request, rendered for one call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// The path after the endpoint's, every printed value encoded.
+    pub path: String,
+    pub query: Vec<(String, String)>,
+    pub headers: Vec<(String, String)>,
+    pub body: Option<Json>,
+}
+
+/// The variables a template sees.
+#[derive(Debug, Clone, Copy)]
+pub struct Vars<'a> {
+    pub input: &'a Json,
+    pub connection: &'a str,
+    pub endpoint: &'a str,
+    pub callout_id: &'a str,
+    pub attempt: u32,
+    pub idempotency_key: &'a str,
+}
+
+impl Templates {
+    pub fn new() -> Templates {
+        let mut env = Environment::new();
+        env.set_undefined_behavior(UndefinedBehavior::Strict);
+        env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_formatter(|out, state, value| {
+            if !state.name().starts_with(PATH) {
+                return minijinja::escape_formatter(out, state, value);
+            }
+            let text = match value.as_str() {
+                Some(s) => s.to_string(),
+                None => value.to_string(),
+            };
+            let encoded = match text.as_str() {
+                "" => {
+                    return Err(minijinja::Error::new(
+                        minijinja::ErrorKind::InvalidOperation,
+                        "a value printed into the path is empty",
+                    ));
+                }
+                "." => "%2E".to_string(),
+                ".." => "%2E%2E".to_string(),
+                _ => utf8_percent_encode(&text, SEGMENT).to_string(),
+            };
+            out.write_str(&encoded).map_err(minijinja::Error::from)
+        });
+        Templates { env }
+    }
+
+    /// Compiles one function's request. `function` names the templates in errors.
+    ///
+    /// # Errors
+    /// A template does not compile (validation has already checked them, so this is rare).
+    pub fn request(
+        &mut self,
+        function: &str,
+        path: &str,
+        query: &[(String, String)],
+        headers: &[(String, String)],
+        body: Option<&Json>,
+    ) -> Result<RequestTemplate, String> {
+        let path = self.text(PATH, &format!("functions.{function}.path"), path)?;
+        let query = query
+            .iter()
+            .map(|(k, v)| {
+                let name = format!("functions.{function}.query.{k}");
+                Ok((k.clone(), self.text(TEXT, &name, v)?))
+            })
+            .collect::<Result<_, String>>()?;
+        let headers = headers
+            .iter()
+            .map(|(k, v)| {
+                let name = format!("functions.{function}.headers.{k}");
+                Ok((k.clone(), self.text(TEXT, &name, v)?))
+            })
+            .collect::<Result<_, String>>()?;
+        let body = match body {
+            Some(b) => Some(self.body(&format!("functions.{function}.body"), b)?),
+            None => None,
+        };
+        Ok(RequestTemplate {
+            path,
+            query,
+            headers,
+            body,
+        })
+    }
+
+    fn text(&mut self, prefix: &str, name: &str, source: &str) -> Result<Text, String> {
+        if !is_template(source) {
+            return Ok(Text::Literal(source.to_string()));
+        }
+        let full = format!("{prefix}{name}");
+        self.add(&full, name, source.to_string())?;
+        Ok(Text::Template(full))
+    }
+
+    fn add(&mut self, full: &str, name: &str, source: String) -> Result<(), String> {
+        self.env
+            .add_template_owned(full.to_string(), source)
+            .map_err(|err| format!("`{name}` is not a valid template: {}", describe(&err)))
+    }
+
+    fn body(&mut self, name: &str, value: &Json) -> Result<Body, String> {
+        Ok(match value {
+            Json::String(s) if is_template(s) => match single_expression(s) {
+                Some(expr) if self.env.compile_expression(expr).is_ok() => {
+                    let full = format!("{VALUE}{name}");
+                    self.add(&full, name, format!("{{% set {CAPTURED} = ({expr}) %}}"))?;
+                    Body::Value(full)
+                }
+                _ => match self.text(TEXT, name, s)? {
+                    Text::Template(full) => Body::Text(full),
+                    Text::Literal(s) => Body::Literal(Json::String(s)),
+                },
+            },
+            Json::Array(items) => Body::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, item)| self.body(&format!("{name}[{i}]"), item))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Json::Object(map) => Body::Object(
+                map.iter()
+                    .map(|(k, v)| Ok((k.clone(), self.body(&format!("{name}.{k}"), v)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+            other => Body::Literal(other.clone()),
+        })
+    }
+
+    /// Renders one request for one call.
+    ///
+    /// # Errors
+    /// A template failed (an undefined variable, an empty path value, a filter error), or a
+    /// header value would contain a line break. The message names the field, never a secret
+    /// (templates see no secret).
+    pub fn render(&self, request: &RequestTemplate, vars: &Vars<'_>) -> Result<Rendered, String> {
+        let cx = context(vars)?;
+        let path = self.render_text(&request.path, &cx)?;
+        let query = request
+            .query
+            .iter()
+            .map(|(k, t)| Ok((k.clone(), self.render_text(t, &cx)?)))
+            .collect::<Result<_, String>>()?;
+        let mut headers = Vec::with_capacity(request.headers.len());
+        for (name, t) in &request.headers {
+            let value = self.render_text(t, &cx)?;
+            if value.contains(['\r', '\n']) {
+                return Err(format!(
+                    "header `{name}` would contain a line break; expected a single line"
+                ));
+            }
+            headers.push((name.clone(), value));
+        }
+        let body = match &request.body {
+            Some(b) => Some(self.render_body(b, &cx)?),
+            None => None,
+        };
+        Ok(Rendered {
+            path,
+            query,
+            headers,
+            body,
+        })
+    }
+
+    fn render_text(&self, text: &Text, cx: &Value) -> Result<String, String> {
+        match text {
+            Text::Literal(s) => Ok(s.clone()),
+            Text::Template(name) => self
+                .env
+                .get_template(name)
+                .and_then(|t| t.render(cx))
+                .map_err(|err| render_error(name, &err)),
+        }
+    }
+
+    fn render_body(&self, body: &Body, cx: &Value) -> Result<Json, String> {
+        Ok(match body {
+            Body::Literal(v) => v.clone(),
+            Body::Text(name) => Json::String(self.render_text(&Text::Template(name.clone()), cx)?),
+            Body::Value(name) => {
+                let captured = self
+                    .env
+                    .get_template(name)
+                    .and_then(|t| t.render_captured(cx))
+                    .map_err(|err| render_error(name, &err))?;
+                let value = captured.state().lookup(CAPTURED).unwrap_or_default();
+                to_json(&value, 0)
+                    .map_err(|why| format!("cannot render `{}`: {why}", bare(name)))?
+            }
+            Body::Array(items) => Json::Array(
+                items
+                    .iter()
+                    .map(|item| self.render_body(item, cx))
+                    .collect::<Result<_, _>>()?,
+            ),
+            Body::Object(fields) => Json::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| Ok((k.clone(), self.render_body(v, cx)?)))
+                    .collect::<Result<_, String>>()?,
+            ),
+        })
+    }
+}
+
+/// Joins the endpoint and a rendered path: the endpoint's path, then `path`; the endpoint's
+/// query is kept.
+///
+/// # Errors
+/// The path has a `.` or `..` segment (in any spelling URL parsers accept, such as `%2E%2E`,
+/// which they resolve like `..`), or the result's scheme, host or port differ from the
+/// endpoint's.
+pub fn join(endpoint: &Url, path: &str) -> Result<Url, String> {
+    for segment in path.split('/') {
+        let lower = segment.to_ascii_lowercase();
+        if matches!(
+            lower.as_str(),
+            "." | "%2e" | ".." | ".%2e" | "%2e." | "%2e%2e"
+        ) {
+            return Err(format!(
+                "the path has a `{segment}` segment, which would move to another path; a value of `.` or `..` cannot be sent in the path"
+            ));
+        }
+    }
+    let mut url = endpoint.clone();
+    let base = endpoint.path().trim_end_matches('/');
+    url.set_path(&format!("{base}{path}"));
+    if url.scheme() != endpoint.scheme()
+        || url.host() != endpoint.host()
+        || url.port_or_known_default() != endpoint.port_or_known_default()
+        || url.username() != endpoint.username()
+        || url.password() != endpoint.password()
+    {
+        return Err(
+            "the rendered path would change the endpoint's scheme, host or port".to_string(),
+        );
+    }
+    Ok(url)
+}
+
+/// Whether text holds template syntax.
+fn is_template(source: &str) -> bool {
+    source.contains("{{") || source.contains("{%") || source.contains("{#")
+}
+
+/// The expression of a string that is exactly `{{ expression }}` (whitespace control marks
+/// allowed), if it may be one; the caller compiles it to be sure.
+fn single_expression(source: &str) -> Option<&str> {
+    let inner = source.strip_prefix("{{")?.strip_suffix("}}")?;
+    let inner = inner.strip_prefix(['-', '+']).unwrap_or(inner);
+    let inner = inner.strip_suffix(['-', '+']).unwrap_or(inner);
+    (!inner.trim().is_empty()).then_some(inner)
+}
+
+/// The template's name without its kind prefix, as the field path an admin knows.
+fn bare(name: &str) -> &str {
+    [PATH, TEXT, VALUE]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name)
+}
+
+fn describe(err: &minijinja::Error) -> String {
+    match err.detail() {
+        Some(detail) => format!("{}: {detail}", err.kind()),
+        None => err.kind().to_string(),
+    }
+}
+
+fn render_error(name: &str, err: &minijinja::Error) -> String {
+    format!("cannot render `{}`: {}", bare(name), describe(err))
+}
+
+/// The template context: `input`, `connection` and `callout`.
+fn context(vars: &Vars<'_>) -> Result<Value, String> {
+    let input = from_json(vars.input, 0)?;
+    let connection = Value::from_pairs([
+        ("name", Value::from(vars.connection)),
+        ("endpoint", Value::from(vars.endpoint)),
+    ]);
+    let callout = Value::from_pairs([
+        ("id", Value::from(vars.callout_id)),
+        ("attempt", Value::from(vars.attempt)),
+        ("idempotency_key", Value::from(vars.idempotency_key)),
+    ]);
+    Ok(Value::from_pairs([
+        ("input", input),
+        ("connection", connection),
+        ("callout", callout),
+    ]))
+}
+
+fn from_json(json: &Json, depth: usize) -> Result<Value, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the input is nested deeper than {MAX_DEPTH} levels"
+        ));
+    }
+    Ok(match json {
+        Json::Null => Value::from(()),
+        Json::Bool(b) => Value::from(*b),
+        Json::Number(n) => {
+            if let Some(i) = n.as_i64() {
+                Value::from(i)
+            } else if let Some(u) = n.as_u64() {
+                Value::from(u)
+            } else {
+                Value::from(n.as_f64().unwrap_or(f64::NAN))
+            }
+        }
+        Json::String(s) => Value::from(s.as_str()),
+        Json::Array(items) => Value::from(
+            items
+                .iter()
+                .map(|item| from_json(item, depth + 1))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Json::Object(map) => Value::from_pairs(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), from_json(v, depth + 1)?)))
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
+    })
+}
+
+fn to_json(value: &Value, depth: usize) -> Result<Json, String> {
+    use minijinja::value::ValueKind;
+    if depth > MAX_DEPTH {
+        return Err(format!(
+            "the value is nested deeper than {MAX_DEPTH} levels"
+        ));
+    }
+    Ok(match value.kind() {
+        ValueKind::Undefined => return Err("undefined value".to_string()),
+        ValueKind::None => Json::Null,
+        ValueKind::Bool => Json::Bool(value.is_true()),
+        ValueKind::Number => {
+            if let Some(i) = value.as_i64() {
+                Json::from(i)
+            } else if let Ok(u) = u64::try_from(value.clone()) {
+                Json::from(u)
+            } else {
+                let f = f64::try_from(value.clone()).map_err(|err| describe(&err))?;
+                serde_json::Number::from_f64(f)
+                    .map(Json::Number)
+                    .ok_or_else(|| format!("{f} is not a JSON number"))?
+            }
+        }
+        ValueKind::String => Json::String(value.as_str().unwrap_or_default().to_string()),
+        ValueKind::Bytes => Json::Array(
+            value
+                .as_bytes()
+                .unwrap_or_default()
+                .iter()
+                .map(|b| Json::from(*b))
+                .collect(),
+        ),
+        ValueKind::Seq | ValueKind::Iterable => Json::Array(
+            value
+                .try_iter()
+                .map_err(|err| describe(&err))?
+                .map(|item| to_json(&item, depth + 1))
+                .collect::<Result<_, _>>()?,
+        ),
+        ValueKind::Map => {
+            let mut map = serde_json::Map::new();
+            for key in value.try_iter().map_err(|err| describe(&err))? {
+                let item = value.get_item(&key).map_err(|err| describe(&err))?;
+                let key = match key.as_str() {
+                    Some(s) => s.to_string(),
+                    None => key.to_string(),
+                };
+                map.insert(key, to_json(&item, depth + 1)?);
+            }
+            Json::Object(map)
+        }
+        ValueKind::Plain => Json::String(value.to_string()),
+        ValueKind::Invalid => return Err(value.to_string()),
+        _ => Json::String(value.to_string()),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn vars(input: &Json) -> Vars<'_> {
+        Vars {
+            input,
+            connection: "crm",
+            endpoint: "https://api.example.com/v1",
+            callout_id: "c-1",
+            attempt: 2,
+            idempotency_key: "key-1",
+        }
+    }
+
+    fn path(template: &str, input: Json) -> Result<String, String> {
+        let mut t = Templates::new();
+        let request = t.request("f", template, &[], &[], None)?;
+        t.render(&request, &vars(&input)).map(|r| r.path)
+    }
+
+    fn body(template: Json, input: Json) -> Result<Json, String> {
+        let mut t = Templates::new();
+        let request = t.request("f", "/", &[], &[], Some(&template))?;
+        t.render(&request, &vars(&input))
+            .map(|r| r.body.expect("a body"))
+    }
+
+    #[test]
+    fn path_values_are_encoded_as_one_segment() {
+        let cases = [
+            ("plain-Value_1.2~", "plain-Value_1.2~"),
+            ("../admin", "..%2Fadmin"),
+            ("a/b", "a%2Fb"),
+            ("a?b=1", "a%3Fb%3D1"),
+            ("a#frag", "a%23frag"),
+            ("100%", "100%25"),
+            ("user@evil.example", "user%40evil.example"),
+            ("host:80", "host%3A80"),
+            ("two words", "two%20words"),
+            ("line\r\nbreak", "line%0D%0Abreak"),
+            ("back\\slash", "back%5Cslash"),
+            ("Zoë", "Zo%C3%AB"),
+            ("%2e%2e", "%252e%252e"),
+            (".", "%2E"),
+            ("..", "%2E%2E"),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(
+                path("/items/{{ input.id }}/x", json!({ "id": value })),
+                Ok(format!("/items/{expected}/x")),
+                "value {value:?}"
+            );
+        }
+        assert_eq!(
+            path("/items/{{ input.n }}", json!({ "n": 42 })),
+            Ok("/items/42".into())
+        );
+    }
+
+    #[test]
+    fn dot_values_cannot_climb_the_path() {
+        let endpoint = Url::parse("https://api.example.com/v1/").expect("a URL");
+        for value in [".", ".."] {
+            let rendered = path("/items/{{ input.id }}", json!({ "id": value })).expect("renders");
+            let err = join(&endpoint, &rendered).expect_err("dot segment");
+            assert!(err.starts_with("the path has a `%2E"), "{err}");
+        }
+        let rendered = path("/items/{{ input.id }}.json", json!({ "id": ".." })).expect("renders");
+        assert_eq!(
+            join(&endpoint, &rendered).map(|u| u.to_string()),
+            Ok("https://api.example.com/v1/items/%2E%2E.json".into())
+        );
+    }
+
+    #[test]
+    fn empty_and_undefined_path_values_are_errors() {
+        assert_eq!(
+            path("/items/{{ input.id }}", json!({ "id": "" })),
+            Err("cannot render `functions.f.path`: invalid operation: a value printed into the path is empty".into())
+        );
+        assert_eq!(
+            path("/items/{{ input.id }}", json!({})),
+            Err("cannot render `functions.f.path`: undefined value".into())
+        );
+    }
+
+    #[test]
+    fn join_keeps_the_endpoint_path_and_query() {
+        let endpoint = Url::parse("https://api.example.com/v1?tenant=7").expect("a URL");
+        let url = join(&endpoint, "/items/a%2Fb").expect("joins");
+        assert_eq!(
+            url.as_str(),
+            "https://api.example.com/v1/items/a%2Fb?tenant=7"
+        );
+        let root = Url::parse("http://127.0.0.1:8080").expect("a URL");
+        assert_eq!(
+            join(&root, "//evil.example/x").map(|u| u.to_string()),
+            Ok("http://127.0.0.1:8080//evil.example/x".into())
+        );
+        assert!(join(&root, "/a/%2e%2E/b").is_err());
+    }
+
+    #[test]
+    fn context_has_connection_and_callout() {
+        assert_eq!(
+            path(
+                "/{{ connection.name }}/{{ callout.id }}/{{ callout.attempt }}/{{ callout.idempotency_key }}",
+                json!({})
+            ),
+            Ok("/crm/c-1/2/key-1".into())
+        );
+        assert_eq!(
+            path("/{{ connection.missing }}", json!({})),
+            Err("cannot render `functions.f.path`: undefined value".into())
+        );
+    }
+
+    #[test]
+    fn query_and_headers_render_as_text_and_headers_refuse_line_breaks() {
+        let mut t = Templates::new();
+        let request = t
+            .request(
+                "f",
+                "/search",
+                &[
+                    ("q".into(), "{{ input.q }}".into()),
+                    ("size".into(), "100".into()),
+                    ("cur".into(), "{{ input.cur | default('EUR') }}".into()),
+                ],
+                &[("X-Tag".into(), "tag-{{ input.tag }}".into())],
+                None,
+            )
+            .expect("compiles");
+        let input = json!({ "q": "a&b=c <d>", "tag": "t1" });
+        let rendered = t.render(&request, &vars(&input)).expect("renders");
+        assert_eq!(
+            rendered.query,
+            vec![
+                ("q".into(), "a&b=c <d>".into()),
+                ("size".into(), "100".into()),
+                ("cur".into(), "EUR".into()),
+            ]
+        );
+        assert_eq!(rendered.headers, vec![("X-Tag".into(), "tag-t1".into())]);
+        let input = json!({ "q": "", "tag": "x\r\nSet-Cookie: a=b" });
+        assert_eq!(
+            t.render(&request, &vars(&input)),
+            Err("header `X-Tag` would contain a line break; expected a single line".into())
+        );
+    }
+
+    #[test]
+    fn body_expressions_keep_their_json_type() {
+        let input = json!({
+            "amount": 12.5,
+            "count": 3,
+            "big": 18446744073709551615u64,
+            "flag": true,
+            "none": null,
+            "customer": { "name": "Ann \"A\" <a@example.com>", "tags": ["x", "y"] },
+            "note": "line1\nline2 \"quoted\"",
+        });
+        let template = json!({
+            "amount": "{{ input.amount }}",
+            "count": "{{input.count}}",
+            "big": "{{ input.big }}",
+            "flag": "{{- input.flag -}}",
+            "none": "{{ input.none }}",
+            "customer": "{{ input.customer }}",
+            "sum": "{{ input.count + 1 }}",
+            "label": "Invoice {{ input.count }} for {{ input.customer.name }}",
+            "note": "{{ input.note }}",
+            "two": "{{ input.count }}{{ input.count }}",
+            "fixed": ["literal", 7, false, null, { "k": "{{ connection.name }}" }],
+        });
+        assert_eq!(
+            body(template, input),
+            Ok(json!({
+                "amount": 12.5,
+                "count": 3,
+                "big": 18446744073709551615u64,
+                "flag": true,
+                "none": null,
+                "customer": { "name": "Ann \"A\" <a@example.com>", "tags": ["x", "y"] },
+                "sum": 4,
+                "label": "Invoice 3 for Ann \"A\" <a@example.com>",
+                "note": "line1\nline2 \"quoted\"",
+                "two": "33",
+                "fixed": ["literal", 7, false, null, { "k": "crm" }],
+            }))
+        );
+    }
+
+    #[test]
+    fn body_with_an_undefined_value_is_an_error() {
+        assert_eq!(
+            body(json!({ "a": ["{{ input.missing }}"] }), json!({})),
+            Err("cannot render `functions.f.body.a[0]`: undefined value".into())
+        );
+        assert_eq!(
+            body(json!({ "a": "x {{ input.missing }}" }), json!({})),
+            Err("cannot render `functions.f.body.a`: undefined value".into())
+        );
+    }
+
+    #[test]
+    fn strings_that_only_look_like_one_expression_render_as_text() {
+        assert_eq!(
+            body(
+                json!("{{ input.a }} and {{ input.b }}"),
+                json!({ "a": 1, "b": 2 })
+            ),
+            Ok(json!("1 and 2"))
+        );
+        assert_eq!(body(json!("{{ '%}' }}"), json!({})), Ok(json!("%}")));
+    }
+
+    #[test]
+    fn templates_are_compiled_once_at_build() {
+        let mut t = Templates::new();
+        let err = t
+            .request("f", "/{{ input.a ", &[], &[], None)
+            .expect_err("syntax error");
+        assert!(
+            err.starts_with("`functions.f.path` is not a valid template: syntax error"),
+            "{err}"
+        );
+    }
+}
