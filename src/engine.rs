@@ -24,6 +24,9 @@ use crate::observe::Metrics;
 use crate::queue::{Callout, Enqueued, Millis, NewCallout, Store, StoreError};
 use crate::wrapper;
 
+/// Reads an environment variable, for secret references.
+pub type EnvFn = dyn Fn(&str) -> Option<String> + Send + Sync;
+
 /// How the engine runs.
 #[derive(Debug, Clone)]
 pub struct EngineConfig {
@@ -94,6 +97,8 @@ pub enum Refusal {
     InvalidInput(Vec<(String, String)>),
     /// The idempotency key was used with another function or input.
     Conflict { existing_id: String },
+    /// The function's connection type cannot run callouts in this version.
+    NotRunnable(String),
 }
 
 /// What enqueueing one request did.
@@ -116,7 +121,7 @@ pub(crate) struct Inner {
     pub wake: Notify,
     pub limits: ConnLimits,
     pub shutdown: CancellationToken,
-    pub env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+    pub env: Arc<EnvFn>,
 }
 
 /// A running engine. Cheap to clone.
@@ -134,7 +139,7 @@ pub fn now_millis() -> Millis {
 fn build_version(
     metadata: Metadata,
     loader: &Loader,
-    env: &(dyn Fn(&str) -> Option<String> + Send + Sync),
+    env: &EnvFn,
 ) -> Version {
     let built = wrapper::build_all(&metadata, loader, env);
     for warning in &built.warnings {
@@ -154,7 +159,7 @@ impl Engine {
         store: Arc<dyn Store>,
         loader: Loader,
     ) -> Result<Engine, StartError> {
-        let env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync> =
+        let env: Arc<EnvFn> =
             Arc::new(|name: &str| std::env::var(name).ok());
         Engine::start_with_env(config, store, loader, env).await
     }
@@ -167,7 +172,7 @@ impl Engine {
         config: EngineConfig,
         store: Arc<dyn Store>,
         loader: Loader,
-        env: Arc<dyn Fn(&str) -> Option<String> + Send + Sync>,
+        env: Arc<EnvFn>,
     ) -> Result<Engine, StartError> {
         let metadata = loader.load(&config.metadata_dir)?.map_err(StartError::Invalid)?;
         let version = build_version(metadata, &loader, env.as_ref());
@@ -263,6 +268,13 @@ impl Engine {
                 answers.push(Some(Err(Refusal::UnknownFunction(req.function))));
                 continue;
             };
+            if matches!(conn.type_name.as_str(), "soap" | "s3") {
+                answers.push(Some(Err(Refusal::NotRunnable(format!(
+                    "`{}` is on a {} connection, which cannot run callouts in this version yet",
+                    req.function, conn.type_name
+                )))));
+                continue;
+            }
             let failures: Vec<(String, String)> = function
                 .input_schema
                 .validator

@@ -311,11 +311,18 @@ async fn call(args: CallArgs) -> ExitCode {
     };
     let status = response.status();
     let text = response.text().await.unwrap_or_default();
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(json) => println!("{}", serde_json::to_string_pretty(&json).unwrap_or(text)),
-        Err(_) => println!("{text}"),
-    }
-    if status.is_success() { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    let ended_badly = match serde_json::from_str::<serde_json::Value>(&text) {
+        Ok(json) => {
+            println!("{}", serde_json::to_string_pretty(&json).unwrap_or(text));
+            matches!(json["status"].as_str(), Some("failed" | "cancelled"))
+        }
+        Err(_) => {
+            println!("{text}");
+            false
+        }
+    };
+    // Exit 1 for a refused request, and for a callout that ended failed or cancelled.
+    if status.is_success() && !ended_badly { ExitCode::SUCCESS } else { ExitCode::from(1) }
 }
 
 /// Loads `dir`, or says why it cannot be used (exit 2).

@@ -52,9 +52,7 @@ pub fn callout_json(c: &Callout) -> Value {
         "next_attempt_at": c.next_attempt_at.map_or(Value::Null, rfc3339),
         "idempotency_key": c.idempotency_key,
     });
-    if let Some(result) = &c.result {
-        out["result"] = result.clone();
-    }
+    out["result"] = c.result.clone().unwrap_or(Value::Null);
     out
 }
 
@@ -108,9 +106,12 @@ fn parse_request(
     }
     let idempotency_key = body.idempotency_key.or(header_key);
     if let Some(key) = &idempotency_key
-        && (key.is_empty() || key.len() > 255)
+        && (key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)))
     {
-        return Err(ApiError::invalid("an idempotency key must be 1 to 255 characters"));
+        return Err(ApiError::invalid(
+            "an idempotency key must be 1 to 255 visible ASCII characters (no spaces or control characters)",
+        )
+        .with_details(json!([{"pointer": "/idempotency_key", "message": "expected 1 to 255 visible ASCII characters"}])));
     }
     Ok((
         CalloutRequest { function: body.function, input: body.input, idempotency_key, run_at },
@@ -137,6 +138,9 @@ fn refusal_error(refusal: Refusal) -> ApiError {
                 format!("the input does not match the function's input schema ({} problem(s); first: {first})", failures.len()),
             )
             .with_details(Value::Array(details))
+        }
+        Refusal::NotRunnable(message) => {
+            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "function_not_runnable", message)
         }
         Refusal::Conflict { existing_id } => ApiError::new(
             StatusCode::CONFLICT,
@@ -198,9 +202,20 @@ pub async fn batch(
     let mut requests = Vec::new();
     let mut slots = Vec::new();
     for (i, item) in body.callouts.into_iter().enumerate() {
-        let parsed = serde_json::from_value::<NewCalloutBody>(item)
-            .map_err(|e| ApiError::invalid(format!("item {i} does not fit: {e}")))
-            .and_then(|b| parse_request(b, None));
+        let parsed = if item.is_object() {
+            serde_json::from_value::<NewCalloutBody>(item)
+                .map_err(|e| ApiError::invalid(format!("item {i} does not fit: {e}")))
+        } else {
+            Err(ApiError::invalid(format!("item {i} is not a JSON object")))
+        }
+        .and_then(|b| {
+            if b.wait.is_some() {
+                return Err(ApiError::invalid(format!(
+                    "item {i}: `wait` applies to single callouts, not to batch items"
+                )));
+            }
+            parse_request(b, None)
+        });
         match parsed {
             Ok((request, _)) => {
                 results.push(None);
@@ -252,8 +267,14 @@ pub struct ListParams {
 
 pub async fn list(
     State(state): State<AppState>,
-    Query(params): Query<ListParams>,
+    params: Result<Query<ListParams>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
+    let Query(params) = params.map_err(|e| {
+        ApiError::invalid(format!(
+            "the query does not fit: {}; expected status, function, limit and cursor",
+            e.body_text()
+        ))
+    })?;
     let status = match params.status.as_deref() {
         None | Some("") => None,
         Some(text) => Some(Status::parse(text).ok_or_else(|| {

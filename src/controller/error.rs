@@ -59,7 +59,7 @@ impl From<StoreError> for ApiError {
             StoreError::Failed(_) => ApiError {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
                 code: "internal",
-                message: "the queue failed; the request was not stored".into(),
+                message: "the queue failed; retry shortly".into(),
                 details: Value::Null,
                 internal: Some(err.to_string()),
             },

@@ -74,8 +74,10 @@ async fn require_key(State(state): State<AppState>, request: Request, next: Next
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| {
+            let (scheme, key) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
+        });
     match given {
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
@@ -122,16 +124,25 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let limit = state.body_limit;
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|_| {
-            ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "body_too_large",
-                format!("the request body is over {limit} bytes; send large files to /v1/files"),
-            )
+        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|err| {
+            let too_large = std::error::Error::source(&err)
+                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+            if too_large {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "body_too_large",
+                    format!("the request body is over the limit of {limit} bytes"),
+                )
+            } else {
+                ApiError::bad_request(format!("the request body could not be read: {err}"))
+            }
         })?;
         let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
             ApiError::bad_request(format!("the body is not valid JSON: {e}"))
         })?;
+        if !value.is_object() {
+            return Err(ApiError::invalid("the body must be a JSON object"));
+        }
         serde_json::from_value(value)
             .map(JsonBody)
             .map_err(|e| ApiError::invalid(format!("the body does not fit this route: {e}")))
