@@ -66,15 +66,12 @@ pub struct ConnState {
     waiting: AtomicUsize,
     /// Claimed callouts of this connection (waiting or calling).
     active: AtomicUsize,
-    /// The concurrency permit of each call in progress, dropped by `done`.
-    permits: Mutex<Vec<OwnedSemaphorePermit>>,
 }
 
 impl ConnState {
     fn new(limits: &Limits) -> ConnState {
         let rate = limits.rate.and_then(|rate| {
-            let period = rate.per.checked_div(1).map(|p| p.as_secs_f64() / rate.count)?;
-            let period = Duration::from_secs_f64(period.max(1e-9));
+            let period = Duration::from_secs_f64((rate.per.as_secs_f64() / rate.count).max(1e-9));
             let burst = NonZeroU32::new(limits.burst.max(1))?;
             Quota::with_period(period).map(|q| RateLimiter::direct(q.allow_burst(burst)))
         });
@@ -85,42 +82,32 @@ impl ConnState {
             paused_until: Mutex::new(None),
             waiting: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
-            permits: Mutex::new(Vec::new()),
         }
     }
 
     fn is_saturated(&self, now: Instant) -> bool {
-        let paused = self.paused_until.lock().ok().and_then(|p| *p).is_some_and(|until| until > now);
         let active = self.active.load(Ordering::SeqCst);
         let at_concurrency = self.limits.concurrency.is_some_and(|c| active >= c as usize);
         let rate_queue = self.rate.is_some() && self.waiting.load(Ordering::SeqCst) > 0;
-        paused || at_concurrency || rate_queue
+        self.is_paused(now) || at_concurrency || rate_queue
     }
 
-    /// Waits until this connection may make a call: a concurrency slot, no pause, a rate
-    /// token. Returns how long it waited. Call [`ConnState::done`] when the call is over.
-    pub async fn wait_turn(&self) -> Duration {
-        let start = Instant::now();
+    /// Whether a call could start at once (no pause, a concurrency slot, a rate token): a
+    /// cheap guess, so that the caller can let go of scarcer resources before waiting.
+    pub fn may_wait(&self) -> bool {
+        let now = Instant::now();
+        self.is_paused(now)
+            || self.rate.is_some()
+            || self.concurrency.as_ref().is_some_and(|s| s.available_permits() == 0)
+    }
+
+    /// A claimed callout of this connection starts waiting for its turn. The returned
+    /// [`Turn`] keeps the counters right however it ends (dropped while waiting, or after
+    /// its call).
+    pub fn enter(self: &Arc<Self>) -> Turn {
         self.active.fetch_add(1, Ordering::SeqCst);
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        if let Some(sem) = &self.concurrency
-            && let Ok(permit) = sem.clone().acquire_owned().await
-            && let Ok(mut permits) = self.permits.lock()
-        {
-            permits.push(permit);
-        }
-        loop {
-            self.wait_pause().await;
-            if let Some(rate) = &self.rate {
-                rate.until_ready().await;
-            }
-            // A pause may have begun while waiting for the rate limiter.
-            if !self.is_paused(Instant::now()) {
-                break;
-            }
-        }
-        self.waiting.fetch_sub(1, Ordering::SeqCst);
-        start.elapsed()
+        Turn { state: self.clone(), waiting: true, _permit: None }
     }
 
     fn is_paused(&self, now: Instant) -> bool {
@@ -137,19 +124,58 @@ impl ConnState {
         }
     }
 
-    /// A call of this connection is over.
-    pub fn done(&self) {
-        self.active.fetch_sub(1, Ordering::SeqCst);
-        if let Ok(mut permits) = self.permits.lock() {
-            permits.pop();
-        }
-    }
-
     /// No call to this connection for `wait` (it asked, with `Retry-After`).
     pub fn pause_for(&self, wait: Duration) {
         let until = Instant::now() + wait;
         if let Ok(mut paused) = self.paused_until.lock() {
             *paused = Some(paused.map_or(until, |p| p.max(until)));
         }
+    }
+}
+
+/// One claimed callout's place at its connection: waiting, then calling.
+pub struct Turn {
+    state: Arc<ConnState>,
+    waiting: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Turn {
+    /// Waits until the connection may take the call: a concurrency slot, no pause, a rate
+    /// token.
+    ///
+    /// # Cancel safety
+    /// Cancel-safe: dropping the future (or the turn) gives back what was taken, except a
+    /// rate token already spent.
+    pub async fn ready(&mut self) {
+        if let Some(sem) = &self.state.concurrency
+            && self._permit.is_none()
+            && let Ok(permit) = sem.clone().acquire_owned().await
+        {
+            self._permit = Some(permit);
+        }
+        loop {
+            self.state.wait_pause().await;
+            if let Some(rate) = &self.state.rate {
+                rate.until_ready().await;
+            }
+            // A pause may have begun while waiting for the rate limiter.
+            if !self.state.is_paused(Instant::now()) {
+                break;
+            }
+        }
+        if self.waiting {
+            self.waiting = false;
+            self.state.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl Drop for Turn {
+    fn drop(&mut self) {
+        if self.waiting {
+            self.state.waiting.fetch_sub(1, Ordering::SeqCst);
+        }
+        self.state.active.fetch_sub(1, Ordering::SeqCst);
     }
 }

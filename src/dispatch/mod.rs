@@ -1,10 +1,13 @@
 //! The dispatcher: claims ready callouts and runs them within every limit.
 //!
-//! Invariants: at most `max_concurrent_callouts` claims are held at once (a global permit is
-//! taken before claiming and kept until the result is recorded), so no more calls than that
-//! are ever in flight; a connection's `concurrency` and `rate`/`burst` limits are waited for
-//! before calling; a `Retry-After` pauses the whole connection (in memory, and in the store for
-//! its queued callouts). Every claimed callout ends recorded (succeeded, retrying, failed),
+//! Invariants: no more than `max_concurrent_callouts` calls are ever in flight (a global permit
+//! is taken before claiming and held while calling and recording; a callout that must wait for
+//! its connection's `concurrency`, `rate`/`burst` or a pause lets its permit go while it waits,
+//! so one throttled connection cannot hold the cap from the others, and takes one again before
+//! calling); a connection with a callout already waiting is not claimed from again until it
+//! moves on; a `Retry-After` pauses the whole connection (in memory, and in the store for its
+//! queued callouts); a claim that waits long has its lease extended, and is dropped if the
+//! lease was lost. Every claimed callout ends recorded (succeeded, retrying, failed),
 //! released at shutdown, or — if this process dies — reclaimed after its lease.
 
 mod limits;
@@ -73,7 +76,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             if let Ok(mut map) = active.lock() {
                 map.insert(claim.callout.id.clone(), claim.attempt);
             }
-            running.spawn(run_one(inner.clone(), claim, permit, active.clone(), lease));
+            running.spawn(run_one(
+                inner.clone(),
+                claim,
+                permit,
+                permits.clone(),
+                active.clone(),
+                lease,
+            ));
         }
         // Unused permits go back when `held` drops.
     }
@@ -117,10 +127,14 @@ fn lease_for(inner: &Inner) -> Duration {
 async fn run_one(
     inner: Arc<Inner>,
     claim: Claimed,
-    _permit: OwnedSemaphorePermit,
+    permit: OwnedSemaphorePermit,
+    permits: Arc<Semaphore>,
     active: Active,
     lease: Duration,
 ) {
+    // The global permit: held while calling and recording; let go while waiting for the
+    // connection's own limits.
+    let mut permit = Some(permit);
     let callout = &claim.callout;
     let version = inner.current.load_full();
     let started = now_millis();
@@ -143,15 +157,37 @@ async fn run_one(
         ),
         Some((conn, function)) => {
             let state = inner.limits.state_for(conn);
-            let waited = state.wait_turn().await;
-            if waited > lease / 3 {
-                let until = now_millis() + lease.as_millis() as i64;
-                if let Ok(Finished::Fenced) =
-                    inner.store.extend_lease(&callout.id, claim.attempt, until).await
-                {
-                    forget(&active, &callout.id);
-                    return;
+            let mut turn = state.enter();
+            // Waiting for the connection must not hold the global cap from other connections.
+            if state.may_wait() {
+                drop(permit.take());
+                let ready = turn.ready();
+                tokio::pin!(ready);
+                let extend_every = (lease / 3).max(Duration::from_millis(10));
+                loop {
+                    tokio::select! {
+                        _ = &mut ready => break,
+                        _ = tokio::time::sleep(extend_every) => {
+                            let until = now_millis() + lease.as_millis() as i64;
+                            if let Ok(Finished::Fenced) =
+                                inner.store.extend_lease(&callout.id, claim.attempt, until).await
+                            {
+                                // The claim was lost (a stall outlived the lease): let it go.
+                                forget(&active, &callout.id);
+                                return;
+                            }
+                        }
+                    }
                 }
+                match permits.clone().acquire_owned().await {
+                    Ok(p) => permit = Some(p),
+                    Err(_) => {
+                        forget(&active, &callout.id);
+                        return;
+                    }
+                }
+            } else {
+                turn.ready().await;
             }
             let wrapper = version.wrappers.get(&conn.name).cloned();
             let guard = inner.metrics.call_started();
@@ -185,7 +221,7 @@ async fn run_one(
             };
             let duration_ms = begin.elapsed().as_millis() as u64;
             drop(guard);
-            state.done();
+            drop(turn);
             if let Err(err) = &outcome.result
                 && let Some(wait) = err.retry_after
             {
@@ -254,6 +290,7 @@ async fn run_one(
         }
     }
     forget(&active, &callout.id);
+    drop(permit);
     let _ = inner.finished.send(callout.id.clone());
 }
 

@@ -4,7 +4,9 @@ mod support;
 
 mod catalogue;
 mod cli;
+mod crash;
 mod demo;
 mod docs;
+mod pipeline;
 mod schema;
 mod secrets;

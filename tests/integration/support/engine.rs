@@ -40,7 +40,7 @@ pub struct TestServer {
     pub server: Server,
     pub metadata: TempDir,
     /// Holds the SQLite file.
-    pub data: TempDir,
+    _data: TempDir,
 }
 
 impl TestServer {
@@ -64,9 +64,16 @@ impl TestServer {
         config.auth = CallerAuth::Keys(Arc::new(vec![KEY.to_string()]));
         config.shutdown_grace = Duration::from_secs(1);
         configure(&mut config);
-        let server = server::start(config, Loader::new()).await.expect("the server starts");
+        let server = server::start(config, Loader::new())
+            .await
+            .expect("the server starts");
         let api = Api::new(format!("http://{}", server.addr), Some(KEY));
-        TestServer { api, server, metadata, data }
+        TestServer {
+            api,
+            server,
+            metadata,
+            _data: data,
+        }
     }
 
     /// Rewrites the metadata folder with `files` (not reloaded yet).
@@ -97,7 +104,11 @@ impl Api {
             .timeout(Duration::from_secs(30))
             .build()
             .expect("an HTTP client");
-        Api { base, key: key.map(str::to_string), http }
+        Api {
+            base,
+            key: key.map(str::to_string),
+            http,
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -143,16 +154,33 @@ impl Api {
         Api::answer(request.send().await.expect("GET reaches the server")).await
     }
 
+    /// Whether `/healthz` answers 200 (false while nothing listens).
+    pub async fn healthy(&self) -> bool {
+        let answer = self
+            .http
+            .get(self.url("/healthz"))
+            .timeout(Duration::from_secs(2))
+            .send()
+            .await;
+        answer.is_ok_and(|r| r.status() == StatusCode::OK)
+    }
+
     /// GETs a text answer (`/metrics`).
     pub async fn get_text(&self, path: &str) -> (StatusCode, String) {
-        let response = self.http.get(self.url(path)).send().await.expect("GET reaches the server");
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("GET reaches the server");
         let status = response.status();
         (status, response.text().await.expect("read the answer"))
     }
 
     /// Enqueues one callout, expects `202`, returns its id.
     pub async fn enqueue(&self, function: &str, input: Value) -> String {
-        self.enqueue_body(&json!({ "function": function, "input": input })).await
+        self.enqueue_body(&json!({ "function": function, "input": input }))
+            .await
     }
 
     /// Enqueues `body`, expects `202`, returns the callout's id.
@@ -164,12 +192,19 @@ impl Api {
 
     /// Enqueues `items` with one batch; expects every item stored; returns their ids.
     pub async fn enqueue_batch(&self, items: Vec<Value>) -> Vec<String> {
-        let (status, answer) = self.post("/v1/callouts/batch", &json!({ "callouts": items })).await;
+        let (status, answer) = self
+            .post("/v1/callouts/batch", &json!({ "callouts": items }))
+            .await;
         assert_eq!(status, StatusCode::OK, "{answer}");
         let results = answer["results"].as_array().expect("results");
         results
             .iter()
-            .map(|r| r["callout"]["id"].as_str().unwrap_or_else(|| panic!("not stored: {r}")).to_string())
+            .map(|r| {
+                r["callout"]["id"]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("not stored: {r}"))
+                    .to_string()
+            })
             .collect()
     }
 
@@ -235,7 +270,13 @@ impl Api {
             };
             let (status, page) = self.get(&path).await;
             assert_eq!(status, StatusCode::OK, "{page}");
-            all.extend(page["callouts"].as_array().expect("callouts").iter().cloned());
+            all.extend(
+                page["callouts"]
+                    .as_array()
+                    .expect("callouts")
+                    .iter()
+                    .cloned(),
+            );
             match page["next_cursor"].as_str() {
                 Some(next) => cursor = Some(next.to_string()),
                 None => return all,

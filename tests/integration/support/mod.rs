@@ -1,5 +1,8 @@
 //! Helpers shared by the integration tests.
 
+pub mod engine;
+pub mod upstream;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

@@ -40,7 +40,9 @@ pub struct Seen {
 impl Seen {
     /// The idempotency key header, if sent.
     pub fn key(&self) -> Option<&str> {
-        self.headers.get(IDEMPOTENCY_HEADER).and_then(|v| v.to_str().ok())
+        self.headers
+            .get(IDEMPOTENCY_HEADER)
+            .and_then(|v| v.to_str().ok())
     }
 
     /// The body as JSON (`Null` when it is not JSON).
@@ -61,7 +63,12 @@ pub struct Reply {
 
 impl Reply {
     pub fn json(status: u16, body: Value) -> Reply {
-        Reply { status, body, headers: Vec::new(), hold: Duration::ZERO }
+        Reply {
+            status,
+            body,
+            headers: Vec::new(),
+            hold: Duration::ZERO,
+        }
     }
 
     pub fn ok(body: Value) -> Reply {
@@ -119,16 +126,27 @@ impl Upstream {
     /// Starts an upstream that answers every request with `behaviour`.
     pub async fn start(behaviour: impl Fn(&Seen) -> Reply + Send + Sync + 'static) -> Upstream {
         let behaviour: Behaviour = Arc::new(behaviour);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("local address");
         let shared = Arc::new(Shared::default());
-        let app = Router::new().fallback(handle).with_state((shared.clone(), behaviour));
+        let app = Router::new()
+            .fallback(handle)
+            .with_state((shared.clone(), behaviour));
         let stop = CancellationToken::new();
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, app).with_graceful_shutdown(stopped.cancelled_owned()).await;
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
         });
-        Upstream { addr, shared, stop, task }
+        Upstream {
+            addr,
+            shared,
+            stop,
+            task,
+        }
     }
 
     /// An upstream that answers `200 {"ok": true}` at once.
@@ -146,11 +164,6 @@ impl Upstream {
         self.shared.log.lock().expect("log lock").clone()
     }
 
-    /// The requests whose path starts with `prefix`.
-    pub fn requests_to(&self, prefix: &str) -> Vec<Seen> {
-        self.requests().into_iter().filter(|s| s.path.starts_with(prefix)).collect()
-    }
-
     pub fn count(&self) -> usize {
         self.shared.log.lock().expect("log lock").len()
     }
@@ -158,6 +171,11 @@ impl Upstream {
     /// The most requests held at once.
     pub fn peak_inflight(&self) -> usize {
         self.shared.peak.load(Ordering::SeqCst)
+    }
+
+    /// Requests held right now.
+    pub fn inflight(&self) -> usize {
+        self.shared.inflight.load(Ordering::SeqCst)
     }
 
     /// Different idempotency keys seen.
@@ -187,9 +205,18 @@ async fn handle(
     let at = Instant::now();
     let _inflight = InFlight::enter(&shared);
     let (parts, body) = request.into_parts();
-    let body = axum::body::to_bytes(body, 16 * 1024 * 1024).await.unwrap_or_default();
-    let path = parts.uri.path_and_query().map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
-    let key = parts.headers.get(IDEMPOTENCY_HEADER).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let body = axum::body::to_bytes(body, 16 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
+    let key = parts
+        .headers
+        .get(IDEMPOTENCY_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let earlier_with_key = match &key {
         Some(key) => {
             let mut per_key = shared.per_key.lock().expect("key lock");

@@ -1,0 +1,217 @@
+//! `kill -9` of the real `switchboard serve` mid-run loses no callout, and the upstream sees a
+//! duplicate only for calls that were in flight at the kill (at most the cap, 25).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+use crate::support::engine::{Api, metric_value, pointed};
+use crate::support::upstream::{Reply, Upstream};
+
+const CALLOUTS: usize = 2000;
+const CHUNK: usize = 500;
+/// The engine's default cap: at most this many calls are in flight at the kill.
+const CAP: usize = 25;
+
+const SINK: &str = r#"connection: sink
+type: rest
+endpoint: UPSTREAM/sink
+allow_private_network: true
+limits: { timeout: 5s, connect_timeout: 1s }
+retry: { max_attempts: 10, initial_delay: 50ms, max_delay: 200ms }
+functions:
+  put:
+    method: POST
+    path: /items
+    body: { n: "{{ input.n }}" }
+    input_schema:
+      type: object
+      required: [n]
+      properties:
+        n: { type: integer }
+"#;
+
+/// A `switchboard serve` process, killed (SIGKILL) when dropped so that a failing test
+/// leaves nothing behind.
+struct Serve {
+    child: Child,
+    log: PathBuf,
+    api: Api,
+}
+
+impl Serve {
+    /// Starts `switchboard serve --dev` on a free port and waits until `/healthz` answers;
+    /// tries another port if that one was taken meanwhile.
+    async fn start(metadata: &Path, db: &str, log: PathBuf) -> Serve {
+        for _ in 0..3 {
+            let port = free_port();
+            let out = File::create(&log).expect("create the log file");
+            let err = out.try_clone().expect("clone the log file");
+            let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
+                .args(["serve", "--dev", "--metadata"])
+                .arg(metadata)
+                .args(["--db", db, "--listen", &format!("127.0.0.1:{port}")])
+                .env("RUST_LOG", "warn")
+                .stdin(Stdio::null())
+                .stdout(Stdio::from(out))
+                .stderr(Stdio::from(err))
+                .spawn()
+                .expect("switchboard serve starts");
+            let api = Api::new(format!("http://127.0.0.1:{port}"), None);
+            let mut serve = Serve {
+                child,
+                log: log.clone(),
+                api,
+            };
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                if let Ok(Some(status)) = serve.child.try_wait() {
+                    let text = serve.log_text();
+                    assert!(
+                        text.contains("cannot listen on"),
+                        "switchboard serve exited with {status}:\n{text}"
+                    );
+                    break; // The port was taken meanwhile: try another.
+                }
+                if serve.api.healthy().await {
+                    return serve;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "no /healthz within 20 s:\n{}",
+                    serve.log_text()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        panic!("switchboard serve found no free port in 3 tries");
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL, and wait for the process to be gone.
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Callouts (succeeded, running) now, from one scrape of `/metrics`.
+    async fn counts(&self) -> (usize, usize) {
+        let (status, text) = self.api.get_text("/metrics").await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{text}");
+        let count = |s: &str| {
+            let series = format!("switchboard_callouts{{status=\"{s}\"}}");
+            metric_value(&text, &series).unwrap_or(0.0) as usize
+        };
+        (count("succeeded"), count("running"))
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A port nothing listens on now (bound, then released), below the kernel's ephemeral range:
+/// every `127.0.0.1:0` bind of the tests running beside this one (upstreams, servers) and every
+/// outgoing connection takes its port from that range, so none of them can take this port
+/// between its release here and the child's bind.
+fn free_port() -> u16 {
+    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    let low = 10_000.min(ephemeral_low / 2);
+    for _ in 0..100 {
+        let port = rand::random_range(low..ephemeral_low);
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {low}..{ephemeral_low}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_mid_run_loses_nothing_and_duplicates_at_most_the_calls_in_flight() {
+    let upstream =
+        Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(20)))
+            .await;
+    let dir = tempfile::tempdir().expect("temp folder");
+    let metadata = dir.path().join("metadata");
+    std::fs::create_dir(&metadata).expect("metadata folder");
+    std::fs::write(metadata.join("sink.yaml"), pointed(SINK, &upstream.url()))
+        .expect("write metadata");
+    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
+
+    let mut first = Serve::start(&metadata, &db, dir.path().join("first.log")).await;
+    let mut ids = Vec::with_capacity(CALLOUTS);
+    for chunk in 0..CALLOUTS / CHUNK {
+        let items: Vec<Value> = (chunk * CHUNK..(chunk + 1) * CHUNK)
+            .map(|n| json!({ "function": "sink.put", "input": { "n": n }, "idempotency_key": format!("item-{n}") }))
+            .collect();
+        ids.extend(first.api.enqueue_batch(items).await);
+    }
+    assert_eq!(ids.len(), CALLOUTS);
+
+    // Kill once about a third have succeeded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut done, mut running) = first.counts().await;
+    while done < CALLOUTS / 3 {
+        assert!(
+            Instant::now() < deadline,
+            "only {done} succeeded within 60 s:\n{}",
+            first.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (done, running) = first.counts().await;
+    }
+    let at_upstream = upstream.inflight();
+    first.kill();
+    let before_restart = upstream.count();
+
+    let second = Serve::start(&metadata, &db, dir.path().join("second.log")).await;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    let (mut finished, _) = second.counts().await;
+    while finished < CALLOUTS {
+        assert!(
+            Instant::now() < deadline,
+            "only {finished} of {CALLOUTS} succeeded within 90 s of the restart:\n{}",
+            second.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        (finished, _) = second.counts().await;
+    }
+
+    let all = second.api.list_all(CALLOUTS / 500 + 1).await;
+    let stored: HashSet<&str> = all.iter().filter_map(|c| c["id"].as_str()).collect();
+    let lost = ids
+        .iter()
+        .filter(|id| !stored.contains(id.as_str()))
+        .count();
+    let succeeded = all.iter().filter(|c| c["status"] == "succeeded").count();
+    let duplicates = upstream.duplicates();
+    println!(
+        "{succeeded}/{CALLOUTS} succeeded, {lost} lost, {duplicates} duplicates ≤ {CAP} \
+         (at the kill: {done} succeeded, {running} claimed, {at_upstream} held by the upstream; \
+         {before_restart} requests before the restart, {} in all)",
+        upstream.count()
+    );
+    assert_eq!(lost, 0, "callouts lost by the kill");
+    assert_eq!((succeeded, all.len()), (CALLOUTS, CALLOUTS));
+    assert_eq!(
+        upstream.distinct_keys(),
+        CALLOUTS,
+        "every callout reached the upstream"
+    );
+    assert!(
+        duplicates <= CAP,
+        "{duplicates} duplicate requests; at most {CAP} calls were in flight"
+    );
+}
