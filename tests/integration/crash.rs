@@ -215,3 +215,112 @@ async fn sigkill_mid_run_loses_nothing_and_duplicates_at_most_the_calls_in_fligh
         "{duplicates} duplicate requests; at most {CAP} calls were in flight"
     );
 }
+
+/// Sends `signal` (like `-TERM`) to the process.
+fn signal(child: &Child, signal: &str) {
+    let status = Command::new("kill")
+        .args([signal, &child.id().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(status.success(), "kill {signal} failed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
+    let upstream =
+        Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(400)))
+            .await;
+    let dir = tempfile::tempdir().expect("temp folder");
+    let metadata = dir.path().join("metadata");
+    std::fs::create_dir(&metadata).expect("metadata folder");
+    std::fs::write(metadata.join("sink.yaml"), pointed(SINK, &upstream.url()))
+        .expect("write metadata");
+    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
+
+    let mut first = Serve::start(&metadata, &db, dir.path().join("first.log")).await;
+    let items: Vec<Value> = (0..60)
+        .map(|n| json!({ "function": "sink.put", "input": { "n": n }, "idempotency_key": format!("t-{n}") }))
+        .collect();
+    let ids = first.api.enqueue_batch(items).await;
+    assert_eq!(ids.len(), 60);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while upstream.inflight() < 10 {
+        assert!(Instant::now() < deadline, "calls never reached the upstream");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let sent_before_term = upstream.count();
+    signal(&first.child, "-TERM");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Ok(Some(status)) = first.child.try_wait() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit after SIGTERM: {status}\n{}", first.log_text());
+    // Calls in flight were answered, nothing new was sent after the stop.
+    assert_eq!(upstream.inflight(), 0);
+    let sent_at_exit = upstream.count();
+    assert!(sent_at_exit >= sent_before_term);
+    assert!(sent_at_exit < 60, "the server kept claiming after SIGTERM ({sent_at_exit} sent)");
+
+    // Restarted, the rest run; every call in flight at SIGTERM ended recorded, none resent.
+    let second = Serve::start(&metadata, &db, dir.path().join("second.log")).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut done, _) = second.counts().await;
+    while done < 60 {
+        assert!(Instant::now() < deadline, "only {done} of 60 succeeded after the restart");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        (done, _) = second.counts().await;
+    }
+    assert_eq!(upstream.duplicates(), 0, "a call finished at shutdown was sent again");
+    println!(
+        "SIGTERM with {sent_before_term} calls sent: {sent_at_exit} answered before exit, 60/60 succeeded after restart, 0 duplicates"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_metadata_and_keeps_the_old_version_when_it_is_invalid() {
+    let upstream = Upstream::ok().await;
+    let dir = tempfile::tempdir().expect("temp folder");
+    let metadata = dir.path().join("metadata");
+    std::fs::create_dir(&metadata).expect("metadata folder");
+    let sink = pointed(SINK, &upstream.url());
+    std::fs::write(metadata.join("sink.yaml"), &sink).expect("write metadata");
+    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
+    let serve = Serve::start(&metadata, &db, dir.path().join("serve.log")).await;
+
+    let names = |body: &Value| -> Vec<String> {
+        body["functions"]
+            .as_array()
+            .map(|fs| fs.iter().filter_map(|f| f["function"].as_str().map(str::to_string)).collect())
+            .unwrap_or_default()
+    };
+    // An invalid file: SIGHUP is refused and the old version keeps serving.
+    std::fs::write(metadata.join("broken.yaml"), "connection: broken\ntype: rest\n")
+        .expect("write");
+    signal(&serve.child, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !serve.log_text().contains("reload refused") {
+        assert!(Instant::now() < deadline, "no refusal logged:\n{}", serve.log_text());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (_, body) = serve.api.get("/v1/functions").await;
+    assert_eq!(names(&body), vec!["sink.put".to_string()]);
+
+    // A valid change: the new function appears.
+    std::fs::remove_file(metadata.join("broken.yaml")).expect("remove");
+    let extra = sink.replace("connection: sink", "connection: sink_two");
+    std::fs::write(metadata.join("two.yaml"), extra).expect("write");
+    signal(&serve.child, "-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, body) = serve.api.get("/v1/functions").await;
+        if names(&body).contains(&"sink_two.put".to_string()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the reload never showed sink_two.put");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
