@@ -244,6 +244,8 @@ async fn drive(
             eprintln!("warning: cannot wait for Ctrl-C ({err}); stopping now");
         }
         println!("stopping");
+    } else {
+        println!("Try the API yourself: switchboard demo --keep-running");
     }
     Ok(verdict)
 }
@@ -340,7 +342,7 @@ impl Progress {
             let bar =
                 ProgressBar::with_draw_target(Some(planned as u64), ProgressDrawTarget::stdout());
             if let Ok(style) = ProgressStyle::with_template(
-                "{spinner} {elapsed:>4} [{bar:40}] {pos}/{len} callouts ended\n       {msg}",
+                "{spinner} {elapsed:>4} [{bar:40}] {pos}/{len} callouts ended\n  {msg}",
             ) {
                 bar.set_style(style.progress_chars("=> "));
             }
@@ -366,7 +368,7 @@ impl Progress {
         let n = |s: Status| counts.get(&s).copied().unwrap_or(0);
         let ended = n(Status::Succeeded) + n(Status::Failed) + n(Status::Cancelled);
         let mut detail = format!(
-            "succeeded {} · failed {} · retrying {} · queued {} · running {} ({inflight} calling)",
+            "succeeded {} · failed {} · retrying {} · queued {} · running {} ({inflight} in flight)",
             n(Status::Succeeded),
             n(Status::Failed),
             n(Status::Retrying),

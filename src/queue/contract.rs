@@ -177,7 +177,8 @@ pub(crate) async fn enqueued_callout_reads_back_unchanged(store: &dyn Store) {
         input: item.input.clone(),
         attempts: 0,
         series_attempts: 0,
-        series_started_at: T0,
+        // The series starts when the callout may first run.
+        series_started_at: T0 + 5_000,
         created_at: T0,
         updated_at: T0,
         next_attempt_at: Some(T0 + 5_000),

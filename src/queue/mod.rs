@@ -95,7 +95,8 @@ pub struct Callout {
     pub attempts: u32,
     /// Attempts made in the current series (since creation or the last replay).
     pub series_attempts: u32,
-    /// When the current series started (creation or the last replay).
+    /// When the current series started: when the callout may first run (its `run_at`), or the
+    /// last replay.
     pub series_started_at: Millis,
     pub created_at: Millis,
     pub updated_at: Millis,

@@ -757,7 +757,7 @@ async fn enqueue(
             input: item.input.clone(),
             attempts: 0,
             series_attempts: 0,
-            series_started_at: item.now,
+            series_started_at: item.run_at,
             created_at: item.now,
             updated_at: item.now,
             next_attempt_at: Some(item.run_at),
