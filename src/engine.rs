@@ -133,19 +133,21 @@ pub struct Engine {
 
 /// Milliseconds since the Unix epoch now.
 pub fn now_millis() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as Millis)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as Millis)
 }
 
-fn build_version(
-    metadata: Metadata,
-    loader: &Loader,
-    env: &EnvFn,
-) -> Version {
+fn build_version(metadata: Metadata, loader: &Loader, env: &EnvFn) -> Version {
     let built = wrapper::build_all(&metadata, loader, env);
     for warning in &built.warnings {
         tracing::warn!(warning = %warning, "connection cannot run callouts");
     }
-    Version { metadata: Arc::new(metadata), wrappers: built.by_connection, warnings: built.warnings }
+    Version {
+        metadata: Arc::new(metadata),
+        wrappers: built.by_connection,
+        warnings: built.warnings,
+    }
 }
 
 impl Engine {
@@ -159,8 +161,7 @@ impl Engine {
         store: Arc<dyn Store>,
         loader: Loader,
     ) -> Result<Engine, StartError> {
-        let env: Arc<EnvFn> =
-            Arc::new(|name: &str| std::env::var(name).ok());
+        let env: Arc<EnvFn> = Arc::new(|name: &str| std::env::var(name).ok());
         Engine::start_with_env(config, store, loader, env).await
     }
 
@@ -174,11 +175,16 @@ impl Engine {
         loader: Loader,
         env: Arc<EnvFn>,
     ) -> Result<Engine, StartError> {
-        let metadata = loader.load(&config.metadata_dir)?.map_err(StartError::Invalid)?;
+        let metadata = loader
+            .load(&config.metadata_dir)?
+            .map_err(StartError::Invalid)?;
         let version = build_version(metadata, &loader, env.as_ref());
         let reclaimed = store.reclaim(now_millis(), true).await?;
         if reclaimed > 0 {
-            tracing::warn!(reclaimed, "callouts left running by a previous engine are queued again");
+            tracing::warn!(
+                reclaimed,
+                "callouts left running by a previous engine are queued again"
+            );
         }
         let (finished, _) = broadcast::channel(4096);
         let inner = Arc::new(Inner {
@@ -193,7 +199,10 @@ impl Engine {
             shutdown: CancellationToken::new(),
             env,
         });
-        let engine = Engine { inner, tasks: Arc::new(std::sync::Mutex::new(Vec::new())) };
+        let engine = Engine {
+            inner,
+            tasks: Arc::new(std::sync::Mutex::new(Vec::new())),
+        };
         let mut tasks = Vec::new();
         if engine.inner.config.dispatch {
             tasks.push(tokio::spawn(dispatch::run(engine.inner.clone())));
@@ -260,7 +269,8 @@ impl Engine {
     ) -> Result<Vec<Result<Accepted, Refusal>>, StoreError> {
         let version = self.version();
         let now = now_millis();
-        let mut answers: Vec<Option<Result<Accepted, Refusal>>> = Vec::with_capacity(requests.len());
+        let mut answers: Vec<Option<Result<Accepted, Refusal>>> =
+            Vec::with_capacity(requests.len());
         let mut batch = Vec::new();
         let mut slots = Vec::new();
         for (i, req) in requests.into_iter().enumerate() {
@@ -397,7 +407,11 @@ pub fn request_hash(function: &str, input: &Value) -> String {
     hasher.update(function.as_bytes());
     hasher.update([0u8]);
     hasher.update(text.as_bytes());
-    hasher.finalize().iter().map(|b| format!("{b:02x}")).collect()
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]

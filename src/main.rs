@@ -71,10 +71,24 @@ struct DemoArgs {
     /// Address of the engine's API; loopback only.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
+    /// How long every callout has to end, like `120s` or `5m`; the demo fails after that.
+    #[arg(long, default_value = "120s", value_parser = demo_timeout)]
+    timeout: std::time::Duration,
     /// After the summary, keep the engine and the demo services running until Ctrl-C, and
     /// print how to call them.
     #[arg(long)]
     keep_running: bool,
+}
+
+/// A duration in the metadata's format, above zero and at most an hour.
+fn demo_timeout(text: &str) -> Result<std::time::Duration, String> {
+    let duration = switchboard::metadata::values::HumanDuration::parse(text)?.0;
+    if duration.is_zero() || duration > std::time::Duration::from_secs(3600) {
+        return Err(format!(
+            "{text:?} is out of range; expected a duration from 1ms to 1h"
+        ));
+    }
+    Ok(duration)
 }
 
 #[derive(clap::Args)]
@@ -149,7 +163,10 @@ fn main() -> ExitCode {
 }
 
 fn runtime() -> tokio::runtime::Runtime {
-    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(err) => {
             eprintln!("error: cannot start the async runtime: {err}");
@@ -182,12 +199,17 @@ fn caller_keys(file: Option<&Path>) -> Result<Vec<String>, String> {
 async fn serve(args: ServeArgs) -> ExitCode {
     switchboard::observe::init_logging("info");
     let auth = if args.dev {
-        tracing::warn!("DEV MODE: caller authentication is OFF; anyone who can reach {} can enqueue callouts", args.listen);
+        tracing::warn!(
+            "DEV MODE: caller authentication is OFF; anyone who can reach {} can enqueue callouts",
+            args.listen
+        );
         CallerAuth::Open
     } else {
         match caller_keys(args.api_key_file.as_deref()) {
             Ok(keys) if keys.is_empty() => {
-                eprintln!("error: no caller keys: set SWITCHBOARD_API_KEYS (comma-separated) or --api-key-file, or run with --dev for local development");
+                eprintln!(
+                    "error: no caller keys: set SWITCHBOARD_API_KEYS (comma-separated) or --api-key-file, or run with --dev for local development"
+                );
                 return ExitCode::from(2);
             }
             Ok(keys) => CallerAuth::Keys(std::sync::Arc::new(keys)),
@@ -208,7 +230,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
             for p in &problems {
                 eprintln!("error: {p}");
             }
-            eprintln!("the metadata in {} has {} problem(s); nothing was started", args.metadata.display(), problems.len());
+            eprintln!(
+                "the metadata in {} has {} problem(s); nothing was started",
+                args.metadata.display(),
+                problems.len()
+            );
             return ExitCode::from(1);
         }
         Err(err) => {
@@ -262,6 +288,7 @@ async fn demo(args: DemoArgs) -> ExitCode {
         max_concurrent_callouts: args.max_concurrent_callouts as usize,
         listen: args.listen,
         keep_running: args.keep_running,
+        deadline: args.timeout,
         ..switchboard::demo::DemoOptions::default()
     };
     match switchboard::demo::run(options).await {
@@ -290,7 +317,10 @@ async fn call(args: CallArgs) -> ExitCode {
     if let Some(key) = &args.idempotency_key {
         body["idempotency_key"] = serde_json::Value::String(key.clone());
     }
-    let client = match reqwest::Client::builder().timeout(std::time::Duration::from_secs(150)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(150))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             eprintln!("error: cannot build an HTTP client: {e}");
@@ -322,7 +352,11 @@ async fn call(args: CallArgs) -> ExitCode {
         }
     };
     // Exit 1 for a refused request, and for a callout that ended failed or cancelled.
-    if status.is_success() && !ended_badly { ExitCode::SUCCESS } else { ExitCode::from(1) }
+    if status.is_success() && !ended_badly {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    }
 }
 
 /// Loads `dir`, or says why it cannot be used (exit 2).

@@ -28,7 +28,9 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let buckets = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0];
+        let buckets = [
+            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+        ];
         let builder = PrometheusBuilder::new();
         let builder = match builder.set_buckets(&buckets) {
             Ok(b) => b,
@@ -46,7 +48,9 @@ impl Metrics {
         let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
         self.peak.fetch_max(now, Ordering::SeqCst);
         self.gauge_inflight(now);
-        InflightGuard { metrics: self.clone() }
+        InflightGuard {
+            metrics: self.clone(),
+        }
     }
 
     fn gauge_inflight(&self, value: usize) {
@@ -67,8 +71,11 @@ impl Metrics {
 
     /// An attempt finished.
     pub fn attempt(&self, function: &str, connection: &str, status: &str, seconds: f64) {
-        let (function, connection, status) =
-            (function.to_string(), connection.to_string(), status.to_string());
+        let (function, connection, status) = (
+            function.to_string(),
+            connection.to_string(),
+            status.to_string(),
+        );
         metrics::with_local_recorder(self.recorder.as_ref(), || {
             metrics::counter!("switchboard_callouts_total", "function" => function, "status" => status)
                 .increment(1);
@@ -81,8 +88,7 @@ impl Metrics {
     pub fn render(&self, counts: &[(crate::queue::Status, u64)]) -> String {
         metrics::with_local_recorder(self.recorder.as_ref(), || {
             for (status, n) in counts {
-                metrics::gauge!("switchboard_callouts", "status" => status.as_str())
-                    .set(*n as f64);
+                metrics::gauge!("switchboard_callouts", "status" => status.as_str()).set(*n as f64);
             }
             metrics::gauge!("switchboard_inflight").set(self.inflight() as f64);
         });
@@ -97,7 +103,11 @@ pub struct InflightGuard {
 
 impl Drop for InflightGuard {
     fn drop(&mut self) {
-        let now = self.metrics.inflight.fetch_sub(1, Ordering::SeqCst).saturating_sub(1);
+        let now = self
+            .metrics
+            .inflight
+            .fetch_sub(1, Ordering::SeqCst)
+            .saturating_sub(1);
         self.metrics.gauge_inflight(now);
     }
 }
@@ -106,5 +116,8 @@ impl Drop for InflightGuard {
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

@@ -49,11 +49,17 @@ impl ServerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot open the database {url}: {source}")]
-    Store { url: String, source: crate::queue::StoreError },
+    Store {
+        url: String,
+        source: crate::queue::StoreError,
+    },
     #[error(transparent)]
     Engine(#[from] StartError),
     #[error("cannot listen on {addr}: {source}")]
-    Listen { addr: SocketAddr, source: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
 }
 
 /// A running server.
@@ -91,7 +97,10 @@ impl Server {
 pub async fn start(config: ServerConfig, loader: Loader) -> Result<Server, ServeError> {
     let store = SqliteStore::open(&config.db_url)
         .await
-        .map_err(|source| ServeError::Store { url: config.db_url.clone(), source })?;
+        .map_err(|source| ServeError::Store {
+            url: config.db_url.clone(),
+            source,
+        })?;
     let store: Arc<dyn Store> = Arc::new(store);
     let engine_config = EngineConfig {
         metadata_dir: config.metadata_dir.clone(),
@@ -105,13 +114,27 @@ pub async fn start(config: ServerConfig, loader: Loader) -> Result<Server, Serve
         Ok(l) => l,
         Err(source) => {
             engine.shutdown().await;
-            return Err(ServeError::Listen { addr: config.listen, source });
+            return Err(ServeError::Listen {
+                addr: config.listen,
+                source,
+            });
         }
     };
     let addr = listener.local_addr().unwrap_or(config.listen);
-    let state = AppState { engine: engine.clone(), auth: config.auth.clone(), body_limit: config.body_limit };
+    let state = AppState {
+        engine: engine.clone(),
+        auth: config.auth.clone(),
+        body_limit: config.body_limit,
+    };
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let http = tokio::spawn(controller::serve(listener, state, async move { stopped.cancelled().await }));
-    Ok(Server { addr, engine, stop, http })
+    let http = tokio::spawn(controller::serve(listener, state, async move {
+        stopped.cancelled().await
+    }));
+    Ok(Server {
+        addr,
+        engine,
+        stop,
+        http,
+    })
 }

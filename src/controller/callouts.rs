@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{AppState, ApiError, JsonBody, MAX_WAIT};
+use super::{ApiError, AppState, JsonBody, MAX_WAIT};
 use crate::engine::{Accepted, CalloutRequest, Refusal};
 use crate::metadata::values::HumanDuration;
 use crate::queue::{Attempt, Callout, ListQuery, Millis, Status, Transition};
@@ -32,8 +32,10 @@ pub fn rfc3339(ms: Millis) -> Value {
     let nanos = i128::from(ms) * 1_000_000;
     match time::OffsetDateTime::from_unix_timestamp_nanos(nanos)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-    {
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        }) {
         Some(text) => Value::String(text),
         None => Value::Null,
     }
@@ -78,7 +80,8 @@ fn parse_request(
         None => None,
         Some(text) => {
             let d = HumanDuration::parse(text).map_err(|m| {
-                ApiError::invalid(format!("`wait`: {m}")).with_details(json!([{"pointer": "/wait", "message": m}]))
+                ApiError::invalid(format!("`wait`: {m}"))
+                    .with_details(json!([{"pointer": "/wait", "message": m}]))
             })?;
             if d.0 > MAX_WAIT {
                 return Err(ApiError::invalid(format!(
@@ -114,7 +117,12 @@ fn parse_request(
         .with_details(json!([{"pointer": "/idempotency_key", "message": "expected 1 to 255 visible ASCII characters"}])));
     }
     Ok((
-        CalloutRequest { function: body.function, input: body.input, idempotency_key, run_at },
+        CalloutRequest {
+            function: body.function,
+            input: body.input,
+            idempotency_key,
+            run_at,
+        },
         wait,
     ))
 }
@@ -131,7 +139,10 @@ fn refusal_error(refusal: Refusal) -> ApiError {
                 .iter()
                 .map(|(pointer, message)| json!({ "pointer": format!("/input{pointer}"), "message": message }))
                 .collect();
-            let first = failures.first().map(|(p, m)| format!("/input{p}: {m}")).unwrap_or_default();
+            let first = failures
+                .first()
+                .map(|(p, m)| format!("/input{p}: {m}"))
+                .unwrap_or_default();
             ApiError::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
                 "invalid_input",
@@ -139,9 +150,11 @@ fn refusal_error(refusal: Refusal) -> ApiError {
             )
             .with_details(Value::Array(details))
         }
-        Refusal::NotRunnable(message) => {
-            ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "function_not_runnable", message)
-        }
+        Refusal::NotRunnable(message) => ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "function_not_runnable",
+            message,
+        ),
         Refusal::Conflict { existing_id } => ApiError::new(
             StatusCode::CONFLICT,
             "idempotency_conflict",
@@ -162,7 +175,9 @@ pub async fn create(
         .map(str::to_string);
     let (request, wait) = parse_request(body, header_key)?;
     let mut answers = state.engine.enqueue(vec![request]).await?;
-    let answer = answers.pop().ok_or_else(|| ApiError::invalid("nothing to enqueue"))?;
+    let answer = answers
+        .pop()
+        .ok_or_else(|| ApiError::invalid("nothing to enqueue"))?;
     let (callout, status) = match answer.map_err(refusal_error)? {
         Accepted::Created(c) => (c, StatusCode::ACCEPTED),
         Accepted::Existing(c) => (c, StatusCode::OK),
@@ -172,7 +187,11 @@ pub async fn create(
     {
         let latest = state.engine.wait(&callout.id, wait).await?;
         if let Some(latest) = latest {
-            let code = if latest.status.is_final() { StatusCode::OK } else { status };
+            let code = if latest.status.is_final() {
+                StatusCode::OK
+            } else {
+                status
+            };
             return Ok((code, axum::Json(callout_json(&latest))).into_response());
         }
     }
@@ -228,11 +247,16 @@ pub async fn batch(
     let answers = state.engine.enqueue(requests).await?;
     for (slot, answer) in slots.into_iter().zip(answers) {
         results[slot] = Some(match answer {
-            Ok(Accepted::Created(c)) | Ok(Accepted::Existing(c)) => json!({ "callout": callout_json(&c) }),
+            Ok(Accepted::Created(c)) | Ok(Accepted::Existing(c)) => {
+                json!({ "callout": callout_json(&c) })
+            }
             Err(refusal) => refusal_error(refusal).body(),
         });
     }
-    let results: Vec<Value> = results.into_iter().map(|r| r.unwrap_or(Value::Null)).collect();
+    let results: Vec<Value> = results
+        .into_iter()
+        .map(|r| r.unwrap_or(Value::Null))
+        .collect();
     Ok(axum::Json(json!({ "results": results })).into_response())
 }
 
@@ -240,7 +264,12 @@ pub async fn get_one(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let callout = state.engine.store().get(&id).await?.ok_or_else(|| ApiError::not_found("callout", &id))?;
+    let callout = state
+        .engine
+        .store()
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found("callout", &id))?;
     Ok(axum::Json(callout_json(&callout)).into_response())
 }
 
@@ -287,10 +316,18 @@ pub async fn list(
     if limit == 0 || limit > 500 {
         return Err(ApiError::invalid("`limit` must be between 1 and 500"));
     }
-    let query = ListQuery { status, function: params.function, limit, before_id: params.cursor };
+    let query = ListQuery {
+        status,
+        function: params.function,
+        limit,
+        before_id: params.cursor,
+    };
     let callouts = state.engine.store().list(&query).await?;
     let next_cursor = if callouts.len() as u32 == limit {
-        callouts.last().map(|c| Value::String(c.id.clone())).unwrap_or(Value::Null)
+        callouts
+            .last()
+            .map(|c| Value::String(c.id.clone()))
+            .unwrap_or(Value::Null)
     } else {
         Value::Null
     };
@@ -314,7 +351,11 @@ pub async fn replay(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let result = state.engine.store().replay(&id, crate::engine::now_millis()).await?;
+    let result = state
+        .engine
+        .store()
+        .replay(&id, crate::engine::now_millis())
+        .await?;
     let callout = transition(result, &id, "replayed (only succeeded and failed ones can)")?;
     state.engine.wake();
     Ok((StatusCode::ACCEPTED, axum::Json(callout_json(&callout))).into_response())
@@ -324,7 +365,11 @@ pub async fn cancel(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let result = state.engine.store().cancel(&id, crate::engine::now_millis()).await?;
+    let result = state
+        .engine
+        .store()
+        .cancel(&id, crate::engine::now_millis())
+        .await?;
     let callout = transition(result, &id, "cancelled (only queued and retrying ones can)")?;
     Ok(axum::Json(callout_json(&callout)).into_response())
 }
@@ -350,7 +395,9 @@ pub async fn functions(State(state): State<AppState>) -> Response {
 
 pub async fn reload(State(state): State<AppState>) -> Result<Response, ApiError> {
     match state.engine.reload() {
-        Ok(count) => Ok(axum::Json(json!({ "status": "reloaded", "connections": count })).into_response()),
+        Ok(count) => {
+            Ok(axum::Json(json!({ "status": "reloaded", "connections": count })).into_response())
+        }
         Err(problems) => {
             let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
             Err(ApiError::new(

@@ -20,7 +20,13 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError { status, code, message: message.into(), details: Value::Null, internal: None }
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            details: Value::Null,
+            internal: None,
+        }
     }
 
     pub fn with_details(mut self, details: Value) -> ApiError {
@@ -37,7 +43,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str, id: &str) -> ApiError {
-        ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no {what} `{id}`"))
+        ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!("no {what} `{id}`"),
+        )
     }
 
     /// The body (the JSON object sent).
@@ -72,11 +82,18 @@ impl IntoResponse for ApiError {
         if self.status.is_server_error() {
             tracing::error!(code = self.code, internal = ?self.internal, "request failed: {}", self.message);
         } else {
-            tracing::debug!(code = self.code, status = self.status.as_u16(), "request refused: {}", self.message);
+            tracing::debug!(
+                code = self.code,
+                status = self.status.as_u16(),
+                "request refused: {}",
+                self.message
+            );
         }
         let mut response = (self.status, axum::Json(self.body())).into_response();
         if self.status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

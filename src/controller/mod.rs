@@ -57,11 +57,18 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
         .nest("/v1", v1)
-        .route("/healthz", get(|| async { axum::Json(json!({ "status": "ok" })) }))
+        .route(
+            "/healthz",
+            get(|| async { axum::Json(json!({ "status": "ok" })) }),
+        )
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(|| async {
-            ApiError::new(StatusCode::NOT_FOUND, "not_found", "no such route; see docs/api.md")
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such route; see docs/api.md",
+            )
         })
         .with_state(state)
 }
@@ -85,13 +92,19 @@ async fn require_key(State(state): State<AppState>, request: Request, next: Next
             "missing caller key; send `Authorization: Bearer KEY`",
         )
         .into_response(),
-        Some(key) if keys.iter().any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) => {
+        Some(key)
+            if keys
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
+        {
             next.run(request).await
         }
-        Some(_) => {
-            ApiError::new(StatusCode::FORBIDDEN, "forbidden", "the caller key is not accepted")
-                .into_response()
-        }
+        Some(_) => ApiError::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "the caller key is not accepted",
+        )
+        .into_response(),
     }
 }
 
@@ -124,22 +137,23 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
         let limit = state.body_limit;
-        let bytes = axum::body::to_bytes(req.into_body(), limit).await.map_err(|err| {
-            let too_large = std::error::Error::source(&err)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-            if too_large {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "body_too_large",
-                    format!("the request body is over the limit of {limit} bytes"),
-                )
-            } else {
-                ApiError::bad_request(format!("the request body could not be read: {err}"))
-            }
-        })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::bad_request(format!("the body is not valid JSON: {e}"))
-        })?;
+        let bytes = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|err| {
+                let too_large = std::error::Error::source(&err)
+                    .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+                if too_large {
+                    ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "body_too_large",
+                        format!("the request body is over the limit of {limit} bytes"),
+                    )
+                } else {
+                    ApiError::bad_request(format!("the request body could not be read: {err}"))
+                }
+            })?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
         if !value.is_object() {
             return Err(ApiError::invalid("the body must be a JSON object"));
         }
@@ -158,7 +172,9 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// The longest `wait` a caller may ask for.

@@ -32,6 +32,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use crate::controller::CallerAuth;
 use crate::engine::{Engine, StartError, now_millis};
 use crate::metadata::Loader;
+use crate::metadata::values::HumanDuration;
 use crate::queue::{Status, StoreError};
 use crate::server::{self, ServeError, Server, ServerConfig};
 use load::{Api, Sent};
@@ -218,8 +219,8 @@ async fn drive(
         println!("interrupted; stopping (the summary below is partial)");
     } else if waited.timed_out {
         println!(
-            "error: not every callout ended within {} s; the summary shows where they are",
-            options.deadline.as_secs()
+            "error: not every callout ended within {} (--timeout); the summary shows where they are",
+            HumanDuration(options.deadline)
         );
     }
     let mut summary = gather(&server.engine, &sent, first_enqueue).await?;
@@ -272,11 +273,20 @@ async fn wait_for_the_end(
     let mut ticks = tokio::time::interval(POLL_INTERVAL);
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    let too_late = tokio::time::sleep_until(deadline);
+    tokio::pin!(ctrl_c, too_late);
+    // Without a Ctrl-C handler the demo still runs; only the deadline ends it early.
+    let mut ctrl_c_works = true;
     let (timed_out, interrupted) = loop {
         tokio::select! {
-            _ = &mut ctrl_c => break (false, true),
-            _ = tokio::time::sleep_until(deadline) => break (true, false),
+            caught = &mut ctrl_c, if ctrl_c_works => match caught {
+                Ok(()) => break (false, true),
+                Err(err) => {
+                    progress.note(&format!("Ctrl-C cannot be caught ({err})"));
+                    ctrl_c_works = false;
+                }
+            },
+            _ = &mut too_late => break (true, false),
             _ = ticks.tick() => {}
         }
         if sent.is_none() && enqueueing.is_finished() {
@@ -310,16 +320,16 @@ async fn wait_for_the_end(
         }
     };
     progress.finish();
-    if sent.is_none() && !interrupted {
-        // The deadline passed while enqueueing: stop sending, keep what was answered.
+    if sent.is_none() {
+        // Cut short while enqueueing: stop sending. After the deadline, the summary counts
+        // every callout as not enqueued, since the answers were not all in.
         enqueueing.abort();
-        let partial = Sent {
-            ids: vec![Err("not sent before the deadline".to_string()); options.callouts],
-            ..Sent::default()
-        };
-        sent = Some(partial);
-    } else if sent.is_none() {
-        enqueueing.abort();
+        if timed_out {
+            sent = Some(Sent {
+                ids: vec![Err("no answer before the deadline".to_string()); options.callouts],
+                ..Sent::default()
+            });
+        }
     }
     Waited {
         sent,
@@ -425,7 +435,7 @@ async fn gather(engine: &Engine, sent: &Sent, first_enqueue: i64) -> Result<Summ
         busy_retries: sent.busy_retries,
         ..Summary::default()
     };
-    let mut last_end = first_enqueue;
+    let mut ends = Vec::with_capacity(sent.ids.len());
     for id in &sent.ids {
         let id = match id {
             Ok(id) => id,
@@ -449,11 +459,15 @@ async fn gather(engine: &Engine, sent: &Sent, first_enqueue: i64) -> Result<Summ
             None
         };
         if callout.status.is_final() {
-            last_end = last_end.max(callout.updated_at);
+            ends.push(callout.updated_at - first_enqueue);
         }
         summary.record(&callout, first_error.as_deref());
     }
-    summary.elapsed_ms = last_end - first_enqueue;
+    ends.sort_unstable();
+    summary.elapsed_ms = ends.last().copied().unwrap_or(0);
+    // The end of the callout nine tenths of the way through (rounded up).
+    let p90 = (ends.len() * 9).div_ceil(10);
+    summary.p90_ms = p90.checked_sub(1).and_then(|i| ends.get(i)).copied();
     Ok(summary)
 }
 

@@ -62,6 +62,8 @@ pub struct Summary {
     pub lost: usize,
     /// Milliseconds from the first enqueue to the last completion.
     pub elapsed_ms: i64,
+    /// Milliseconds from the first enqueue until 90% of the callouts that ended had ended.
+    pub p90_ms: Option<i64>,
     pub engine_peak: usize,
     pub cap: usize,
     pub upstream: UpstreamReport,
@@ -247,6 +249,13 @@ impl Summary {
             total.succeeded + total.failed + total.cancelled,
             self.elapsed_ms as f64 / 1000.0
         );
+        if let Some(p90) = self.p90_ms {
+            let _ = writeln!(
+                out,
+                "                90% had ended after {:.2} s",
+                p90 as f64 / 1000.0
+            );
+        }
         let _ = writeln!(
             out,
             "peak in flight  engine {}, upstream {}  (cap {})",
@@ -345,6 +354,7 @@ mod tests {
             single: 4,
             client_connections: 25,
             elapsed_ms: 2_000,
+            p90_ms: Some(1_500),
             engine_peak: 3,
             cap: 25,
             upstream: UpstreamReport {
@@ -396,6 +406,7 @@ succeeded       3
 failed          1  (dead letters: kept with every attempt, replayable)
      1 × rejected: quantity must be at least 1
 throughput      2.0 callouts/s  (4 finished in 2.00 s, first enqueue to last completion)
+                90% had ended after 1.50 s
 peak in flight  engine 3, upstream 3  (cap 25)
 upstream        5 requests: 3 × 200, 1 × 400, 1 × 503
 enqueued        0 in one batch POST, 4 in single POSTs, over 25 client connections

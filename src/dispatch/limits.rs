@@ -12,8 +12,8 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use crate::metadata::{Connection, Metadata};
 use crate::metadata::model::Limits;
+use crate::metadata::{Connection, Metadata};
 
 /// The limit state of every connection.
 #[derive(Default)]
@@ -46,11 +46,15 @@ impl ConnLimits {
     /// Connections not to claim for now: paused, at their concurrency, or with a callout
     /// already waiting for the rate limiter.
     pub fn saturated(&self, metadata: &Metadata) -> Vec<String> {
-        let Ok(states) = self.states.lock() else { return Vec::new() };
+        let Ok(states) = self.states.lock() else {
+            return Vec::new();
+        };
         let now = Instant::now();
         states
             .iter()
-            .filter(|(name, state)| metadata.connections.contains_key(*name) && state.is_saturated(now))
+            .filter(|(name, state)| {
+                metadata.connections.contains_key(*name) && state.is_saturated(now)
+            })
             .map(|(name, _)| name.clone())
             .collect()
     }
@@ -78,7 +82,9 @@ impl ConnState {
         ConnState {
             limits: limits.clone(),
             rate,
-            concurrency: limits.concurrency.map(|c| Arc::new(Semaphore::new(c.max(1) as usize))),
+            concurrency: limits
+                .concurrency
+                .map(|c| Arc::new(Semaphore::new(c.max(1) as usize))),
             paused_until: Mutex::new(None),
             waiting: AtomicUsize::new(0),
             active: AtomicUsize::new(0),
@@ -87,7 +93,10 @@ impl ConnState {
 
     fn is_saturated(&self, now: Instant) -> bool {
         let active = self.active.load(Ordering::SeqCst);
-        let at_concurrency = self.limits.concurrency.is_some_and(|c| active >= c as usize);
+        let at_concurrency = self
+            .limits
+            .concurrency
+            .is_some_and(|c| active >= c as usize);
         let rate_queue = self.rate.is_some() && self.waiting.load(Ordering::SeqCst) > 0;
         self.is_paused(now) || at_concurrency || rate_queue
     }
@@ -98,7 +107,10 @@ impl ConnState {
         let now = Instant::now();
         self.is_paused(now)
             || self.rate.is_some()
-            || self.concurrency.as_ref().is_some_and(|s| s.available_permits() == 0)
+            || self
+                .concurrency
+                .as_ref()
+                .is_some_and(|s| s.available_permits() == 0)
     }
 
     /// A claimed callout of this connection starts waiting for its turn. The returned
@@ -107,11 +119,19 @@ impl ConnState {
     pub fn enter(self: &Arc<Self>) -> Turn {
         self.active.fetch_add(1, Ordering::SeqCst);
         self.waiting.fetch_add(1, Ordering::SeqCst);
-        Turn { state: self.clone(), waiting: true, _permit: None }
+        Turn {
+            state: self.clone(),
+            waiting: true,
+            _permit: None,
+        }
     }
 
     fn is_paused(&self, now: Instant) -> bool {
-        self.paused_until.lock().ok().and_then(|p| *p).is_some_and(|until| until > now)
+        self.paused_until
+            .lock()
+            .ok()
+            .and_then(|p| *p)
+            .is_some_and(|until| until > now)
     }
 
     async fn wait_pause(&self) {

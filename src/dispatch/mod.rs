@@ -55,7 +55,11 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         let version = inner.current.load_full();
         let skip = inner.limits.saturated(&version.metadata);
         let lease = lease_for(&inner);
-        let claimed = match inner.store.claim(now_millis(), held.len() as u32, lease, &skip).await {
+        let claimed = match inner
+            .store
+            .claim(now_millis(), held.len() as u32, lease, &skip)
+            .await
+        {
             Ok(claimed) => claimed,
             Err(err) => {
                 tracing::warn!(error = %err, "claiming callouts failed; retrying shortly");
@@ -104,8 +108,13 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     };
     if !left.is_empty() {
         match inner.store.release(&left, now_millis()).await {
-            Ok(()) => tracing::info!(released = left.len(), "unfinished callouts returned to the queue"),
-            Err(err) => tracing::error!(error = %err, "releasing callouts at shutdown failed; they return after their lease"),
+            Ok(()) => tracing::info!(
+                released = left.len(),
+                "unfinished callouts returned to the queue"
+            ),
+            Err(err) => {
+                tracing::error!(error = %err, "releasing callouts at shutdown failed; they return after their lease")
+            }
         }
     }
 }
@@ -195,7 +204,10 @@ async fn run_one(
             let deadline = std::time::Instant::now() + conn.limits.timeout;
             let outcome = match wrapper {
                 None => Outcome::failure(
-                    CallError::new(ErrorKind::Config, format!("connection `{}` has no wrapper", conn.name)),
+                    CallError::new(
+                        ErrorKind::Config,
+                        format!("connection `{}` has no wrapper", conn.name),
+                    ),
                     None,
                     0,
                 ),
@@ -212,7 +224,10 @@ async fn run_one(
                     match tokio::time::timeout_at(limit, wrapper.call(call)).await {
                         Ok(outcome) => outcome,
                         Err(_) => Outcome::failure(
-                            CallError::new(ErrorKind::Timeout, format!("no answer within {:?}", conn.limits.timeout)),
+                            CallError::new(
+                                ErrorKind::Timeout,
+                                format!("no answer within {:?}", conn.limits.timeout),
+                            ),
                             None,
                             0,
                         ),
@@ -240,14 +255,25 @@ async fn run_one(
     let now = now_millis();
     let next = match &outcome.result {
         Ok(_) => Next::Succeeded,
-        Err(err) => retry::next(&retry_policy, callout, err, now, inner.config.retry_after_cap),
+        Err(err) => retry::next(
+            &retry_policy,
+            callout,
+            err,
+            now,
+            inner.config.retry_after_cap,
+        ),
     };
     let status_word = match (&outcome.result, &next) {
         (Ok(_), _) => "succeeded",
         (Err(_), Next::Retry { .. }) => "retrying",
         (Err(_), _) => "failed",
     };
-    inner.metrics.attempt(&callout.function, &connection_name, status_word, duration_ms as f64 / 1000.0);
+    inner.metrics.attempt(
+        &callout.function,
+        &connection_name,
+        status_word,
+        duration_ms as f64 / 1000.0,
+    );
     let result = standard_result(&outcome, duration_ms, claim.attempt, &connection_name);
     let (error_kind, error_message) = match &outcome.result {
         Ok(_) => (None, None),
@@ -301,7 +327,12 @@ fn forget(active: &Active, id: &str) {
 }
 
 /// The standard result of an attempt.
-pub fn standard_result(outcome: &Outcome, duration_ms: u64, attempt: u32, connection: &str) -> Value {
+pub fn standard_result(
+    outcome: &Outcome,
+    duration_ms: u64,
+    attempt: u32,
+    connection: &str,
+) -> Value {
     let meta = json!({
         "http_status": outcome.http_status,
         "duration_ms": duration_ms,
@@ -330,7 +361,10 @@ pub(crate) async fn reclaim_loop(inner: Arc<Inner>) {
         match inner.store.reclaim(now_millis(), false).await {
             Ok(0) => {}
             Ok(n) => {
-                tracing::warn!(reclaimed = n, "callouts whose lease expired are queued again");
+                tracing::warn!(
+                    reclaimed = n,
+                    "callouts whose lease expired are queued again"
+                );
                 inner.wake.notify_one();
             }
             Err(err) => tracing::warn!(error = %err, "reclaiming expired leases failed"),

@@ -10,7 +10,13 @@ use crate::metadata::model::RetryPolicy;
 use crate::queue::{Callout, Millis, Next};
 
 /// Where a failed attempt leaves its callout.
-pub fn next(policy: &RetryPolicy, callout: &Callout, err: &CallError, now: Millis, cap: Duration) -> Next {
+pub fn next(
+    policy: &RetryPolicy,
+    callout: &Callout,
+    err: &CallError,
+    now: Millis,
+    cap: Duration,
+) -> Next {
     if !err.retryable() || callout.series_attempts >= policy.max_attempts {
         return Next::Failed;
     }
@@ -29,7 +35,10 @@ pub fn next(policy: &RetryPolicy, callout: &Callout, err: &CallError, now: Milli
 /// Full jitter: a random delay between zero and `initial * 2^(attempt-1)`, capped.
 pub fn backoff(policy: &RetryPolicy, attempt: u32, rng: &mut impl Rng) -> Duration {
     let exp = attempt.saturating_sub(1).min(30);
-    let ceiling = policy.initial_delay.saturating_mul(1u32 << exp).min(policy.max_delay);
+    let ceiling = policy
+        .initial_delay
+        .saturating_mul(1u32 << exp)
+        .min(policy.max_delay);
     let millis = ceiling.as_millis() as u64;
     Duration::from_millis(rng.random_range(0..=millis))
 }
@@ -77,19 +86,34 @@ mod tests {
 
     #[test]
     fn retries_only_retryable_errors_within_the_policy() {
-        let policy = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+        let policy = RetryPolicy {
+            max_attempts: 3,
+            ..RetryPolicy::default()
+        };
         let cap = Duration::from_secs(600);
         let busy = CallError::new(ErrorKind::Unavailable, "503");
         let bad = CallError::new(ErrorKind::Rejected, "400");
-        assert!(matches!(next(&policy, &callout(1), &busy, 0, cap), Next::Retry { .. }));
+        assert!(matches!(
+            next(&policy, &callout(1), &busy, 0, cap),
+            Next::Retry { .. }
+        ));
         assert_eq!(next(&policy, &callout(1), &bad, 0, cap), Next::Failed);
         assert_eq!(next(&policy, &callout(3), &busy, 0, cap), Next::Failed);
         let mut throttled = CallError::new(ErrorKind::Throttled, "429");
         throttled.retry_after = Some(Duration::from_secs(2));
-        assert_eq!(next(&policy, &callout(1), &throttled, 1_000, cap), Next::Retry { at: 3_000 });
+        assert_eq!(
+            next(&policy, &callout(1), &throttled, 1_000, cap),
+            Next::Retry { at: 3_000 }
+        );
         throttled.retry_after = Some(Duration::from_secs(86_400));
-        assert_eq!(next(&policy, &callout(1), &throttled, 0, cap), Next::Retry { at: 600_000 });
-        let short = RetryPolicy { max_age: Duration::from_secs(1), ..policy };
+        assert_eq!(
+            next(&policy, &callout(1), &throttled, 0, cap),
+            Next::Retry { at: 600_000 }
+        );
+        let short = RetryPolicy {
+            max_age: Duration::from_secs(1),
+            ..policy
+        };
         throttled.retry_after = Some(Duration::from_secs(2));
         assert_eq!(next(&short, &callout(1), &throttled, 0, cap), Next::Failed);
     }

@@ -148,7 +148,9 @@ pub struct Attempt {
 pub enum Next {
     Succeeded,
     /// Try again at this time.
-    Retry { at: Millis },
+    Retry {
+        at: Millis,
+    },
     /// A dead letter.
     Failed,
 }
@@ -235,7 +237,12 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<Vec<Claimed>, StoreError>;
 
     /// Moves the lease of a claim to `until` (fenced like [`Store::finish`]).
-    async fn extend_lease(&self, id: &str, attempt: u32, until: Millis) -> Result<Finished, StoreError>;
+    async fn extend_lease(
+        &self,
+        id: &str,
+        attempt: u32,
+        until: Millis,
+    ) -> Result<Finished, StoreError>;
 
     /// Records results. Each is fenced: recorded only if `attempt` is the callout's latest,
     /// it is still `running`, and its lease has not expired at `now`.

@@ -245,7 +245,10 @@ async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
     assert_eq!(ids.len(), 60);
     let deadline = Instant::now() + Duration::from_secs(20);
     while upstream.inflight() < 10 {
-        assert!(Instant::now() < deadline, "calls never reached the upstream");
+        assert!(
+            Instant::now() < deadline,
+            "calls never reached the upstream"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let sent_before_term = upstream.count();
@@ -258,23 +261,37 @@ async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
         assert!(Instant::now() < deadline, "no exit within 20 s of SIGTERM");
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    assert!(status.success(), "exit after SIGTERM: {status}\n{}", first.log_text());
+    assert!(
+        status.success(),
+        "exit after SIGTERM: {status}\n{}",
+        first.log_text()
+    );
     // Calls in flight were answered, nothing new was sent after the stop.
     assert_eq!(upstream.inflight(), 0);
     let sent_at_exit = upstream.count();
     assert!(sent_at_exit >= sent_before_term);
-    assert!(sent_at_exit < 60, "the server kept claiming after SIGTERM ({sent_at_exit} sent)");
+    assert!(
+        sent_at_exit < 60,
+        "the server kept claiming after SIGTERM ({sent_at_exit} sent)"
+    );
 
     // Restarted, the rest run; every call in flight at SIGTERM ended recorded, none resent.
     let second = Serve::start(&metadata, &db, dir.path().join("second.log")).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     let (mut done, _) = second.counts().await;
     while done < 60 {
-        assert!(Instant::now() < deadline, "only {done} of 60 succeeded after the restart");
+        assert!(
+            Instant::now() < deadline,
+            "only {done} of 60 succeeded after the restart"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
         (done, _) = second.counts().await;
     }
-    assert_eq!(upstream.duplicates(), 0, "a call finished at shutdown was sent again");
+    assert_eq!(
+        upstream.duplicates(),
+        0,
+        "a call finished at shutdown was sent again"
+    );
     println!(
         "SIGTERM with {sent_before_term} calls sent: {sent_at_exit} answered before exit, 60/60 succeeded after restart, 0 duplicates"
     );
@@ -294,16 +311,27 @@ async fn sighup_reloads_the_metadata_and_keeps_the_old_version_when_it_is_invali
     let names = |body: &Value| -> Vec<String> {
         body["functions"]
             .as_array()
-            .map(|fs| fs.iter().filter_map(|f| f["function"].as_str().map(str::to_string)).collect())
+            .map(|fs| {
+                fs.iter()
+                    .filter_map(|f| f["function"].as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default()
     };
     // An invalid file: SIGHUP is refused and the old version keeps serving.
-    std::fs::write(metadata.join("broken.yaml"), "connection: broken\ntype: rest\n")
-        .expect("write");
+    std::fs::write(
+        metadata.join("broken.yaml"),
+        "connection: broken\ntype: rest\n",
+    )
+    .expect("write");
     signal(&serve.child, "-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !serve.log_text().contains("reload refused") {
-        assert!(Instant::now() < deadline, "no refusal logged:\n{}", serve.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no refusal logged:\n{}",
+            serve.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let (_, body) = serve.api.get("/v1/functions").await;
@@ -320,7 +348,10 @@ async fn sighup_reloads_the_metadata_and_keeps_the_old_version_when_it_is_invali
         if names(&body).contains(&"sink_two.put".to_string()) {
             break;
         }
-        assert!(Instant::now() < deadline, "the reload never showed sink_two.put");
+        assert!(
+            Instant::now() < deadline,
+            "the reload never showed sink_two.put"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -83,3 +83,26 @@ fn demo_refuses_to_listen_beyond_loopback() {
         "error: --listen 0.0.0.0:0 is not a loopback address; the demo only listens on loopback, like 127.0.0.1:0\n"
     );
 }
+
+#[test]
+fn demo_that_runs_out_of_time_says_so_and_exits_1() {
+    // The throttled loyalty service asks for a second's pause before any credit succeeds, so
+    // its callouts cannot all end within one second.
+    let out = support::switchboard(&["demo", "--callouts", "20", "--timeout", "1s"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(
+        stdout.contains(
+            "error: not every callout ended within 1s (--timeout); the summary shows where they are\n"
+        ),
+        "{stdout}"
+    );
+    let unfinished = figure(&stdout, "unfinished");
+    assert!(unfinished >= 1, "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "error: {unfinished} callout(s) had not finished\n"
+        )),
+        "{stdout}"
+    );
+}

@@ -53,11 +53,19 @@ pub struct Outcome {
 
 impl Outcome {
     pub fn success(data: Value, http_status: Option<u16>, response_bytes: u64) -> Outcome {
-        Outcome { result: Ok(data), http_status, response_bytes }
+        Outcome {
+            result: Ok(data),
+            http_status,
+            response_bytes,
+        }
     }
 
     pub fn failure(error: CallError, http_status: Option<u16>, response_bytes: u64) -> Outcome {
-        Outcome { result: Err(error), http_status, response_bytes }
+        Outcome {
+            result: Err(error),
+            http_status,
+            response_bytes,
+        }
     }
 }
 
@@ -73,7 +81,11 @@ pub struct CallError {
 
 impl CallError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> CallError {
-        CallError { kind, message: message.into(), retry_after: None }
+        CallError {
+            kind,
+            message: message.into(),
+            retry_after: None,
+        }
     }
 
     /// Whether another attempt may succeed.
