@@ -280,7 +280,7 @@ impl Engine {
             };
             if matches!(conn.type_name.as_str(), "soap" | "s3") {
                 answers.push(Some(Err(Refusal::NotRunnable(format!(
-                    "`{}` is on a {} connection, which cannot run callouts in this version yet",
+                    "`{}` is on a connection of type {}, which cannot run callouts in this version yet",
                     req.function, conn.type_name
                 )))));
                 continue;

@@ -169,10 +169,15 @@ pub async fn create(
     headers: HeaderMap,
     JsonBody(body): JsonBody<NewCalloutBody>,
 ) -> Result<Response, ApiError> {
-    let header_key = headers
-        .get("idempotency-key")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string);
+    let header_key = match headers.get("idempotency-key") {
+        None => None,
+        Some(value) => Some(value.to_str().map(str::to_string).map_err(|_| {
+            ApiError::invalid(
+                "an idempotency key must be 1 to 255 visible ASCII characters (no spaces or control characters)",
+            )
+            .with_details(json!([{"pointer": "/idempotency_key", "message": "expected 1 to 255 visible ASCII characters"}]))
+        })?),
+    };
     let (request, wait) = parse_request(body, header_key)?;
     let mut answers = state.engine.enqueue(vec![request]).await?;
     let answer = answers
