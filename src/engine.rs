@@ -341,7 +341,11 @@ impl Engine {
             }
             // Wake on this callout's attempts (or a lagged channel), at the deadline at most.
             loop {
-                match tokio::time::timeout_at(deadline, finished.recv()).await {
+                let next = tokio::select! {
+                    next = tokio::time::timeout_at(deadline, finished.recv()) => next,
+                    _ = self.inner.shutdown.cancelled() => return Ok(callout),
+                };
+                match next {
                     Err(_) => return Ok(callout),
                     Ok(Ok(done)) if done == id => break,
                     Ok(Ok(_)) => continue,
@@ -355,6 +359,11 @@ impl Engine {
     /// Wakes the dispatcher (after a replay, for instance).
     pub fn wake(&self) {
         self.inner.wake.notify_one();
+    }
+
+    /// Stops claiming new callouts and ends long polls; [`Engine::shutdown`] finishes the job.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutdown.cancel();
     }
 
     /// Stops claiming, lets in-flight calls finish within the grace period, releases the rest.

@@ -71,10 +71,18 @@ pub struct Server {
 }
 
 impl Server {
-    /// Stops accepting requests, then stops the engine gracefully.
+    /// Stops claiming callouts and accepting requests at once (long polls answer with what
+    /// they have), lets the HTTP connections drain for up to the grace period, then stops the
+    /// engine: in-flight calls finish within the grace period, the rest are released.
     pub async fn stop(self) {
+        self.engine.begin_shutdown();
         self.stop.cancel();
-        let _ = self.http.await;
+        let grace = self.engine.config().shutdown_grace;
+        let abort = self.http.abort_handle();
+        if tokio::time::timeout(grace, self.http).await.is_err() {
+            tracing::warn!("HTTP connections still open after the grace period are closed");
+            abort.abort();
+        }
         self.engine.shutdown().await;
     }
 

@@ -101,18 +101,6 @@ impl ConnState {
         self.is_paused(now) || at_concurrency || rate_queue
     }
 
-    /// Whether a call could start at once (no pause, a concurrency slot, a rate token): a
-    /// cheap guess, so that the caller can let go of scarcer resources before waiting.
-    pub fn may_wait(&self) -> bool {
-        let now = Instant::now();
-        self.is_paused(now)
-            || self.rate.is_some()
-            || self
-                .concurrency
-                .as_ref()
-                .is_some_and(|s| s.available_permits() == 0)
-    }
-
     /// A claimed callout of this connection starts waiting for its turn. The returned
     /// [`Turn`] keeps the counters right however it ends (dropped while waiting, or after
     /// its call).

@@ -37,7 +37,13 @@ pub(crate) async fn run(inner: Arc<Inner>) {
     let mut running: JoinSet<()> = JoinSet::new();
     loop {
         // Reap finished tasks so the set stays small.
-        while running.try_join_next().is_some() {}
+        while let Some(done) = running.try_join_next() {
+            if let Err(err) = done
+                && err.is_panic()
+            {
+                tracing::error!("a callout task panicked; its callout returns after its lease");
+            }
+        }
         let first = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
             permit = permits.clone().acquire_owned() => match permit {
@@ -167,36 +173,40 @@ async fn run_one(
         Some((conn, function)) => {
             let state = inner.limits.state_for(conn);
             let mut turn = state.enter();
-            // Waiting for the connection must not hold the global cap from other connections.
-            if state.may_wait() {
-                drop(permit.take());
+            // Waiting for the connection must not hold the global cap from other connections;
+            // the lease is extended while it waits, and a shutdown ends the wait (the claim is
+            // released, the call never made).
+            drop(permit.take());
+            {
                 let ready = turn.ready();
                 tokio::pin!(ready);
                 let extend_every = (lease / 3).max(Duration::from_millis(10));
                 loop {
                     tokio::select! {
                         _ = &mut ready => break,
+                        _ = inner.shutdown.cancelled() => return,
                         _ = tokio::time::sleep(extend_every) => {
                             let until = now_millis() + lease.as_millis() as i64;
                             if let Ok(Finished::Fenced) =
                                 inner.store.extend_lease(&callout.id, claim.attempt, until).await
                             {
                                 // The claim was lost (a stall outlived the lease): let it go.
-                                forget(&active, &callout.id);
+                                forget(&active, &callout.id, claim.attempt);
                                 return;
                             }
                         }
                     }
                 }
-                match permits.clone().acquire_owned().await {
+            }
+            tokio::select! {
+                p = permits.clone().acquire_owned() => match p {
                     Ok(p) => permit = Some(p),
-                    Err(_) => {
-                        forget(&active, &callout.id);
-                        return;
-                    }
-                }
-            } else {
-                turn.ready().await;
+                    Err(_) => return,
+                },
+                _ = inner.shutdown.cancelled() => return,
+            }
+            if inner.shutdown.is_cancelled() {
+                return;
             }
             let wrapper = version.wrappers.get(&conn.name).cloned();
             let guard = inner.metrics.call_started();
@@ -212,17 +222,45 @@ async fn run_one(
                     0,
                 ),
                 Some(wrapper) => {
-                    let call = Call {
-                        callout_id: &callout.id,
-                        function: &function.name,
-                        input: &callout.input,
-                        attempt: claim.attempt,
-                        idempotency_key: callout.idempotency_key.as_deref().unwrap_or(&callout.id),
-                        deadline,
-                    };
+                    // The call runs in its own task, so that a panicking wrapper fails this
+                    // attempt (and is retried, then dead-lettered) instead of the dispatcher's
+                    // task; the guard aborts it if this task ends first.
+                    let (id, name, input) = (
+                        callout.id.clone(),
+                        function.name.clone(),
+                        callout.input.clone(),
+                    );
+                    let key = callout
+                        .idempotency_key
+                        .clone()
+                        .unwrap_or_else(|| callout.id.clone());
+                    let attempt = claim.attempt;
+                    let task = tokio::spawn(async move {
+                        let call = Call {
+                            callout_id: &id,
+                            function: &name,
+                            input: &input,
+                            attempt,
+                            idempotency_key: &key,
+                            deadline,
+                        };
+                        wrapper.call(call).await
+                    });
+                    let _abort = AbortOnDrop(task.abort_handle());
                     let limit = tokio::time::Instant::from_std(deadline) + Duration::from_secs(1);
-                    match tokio::time::timeout_at(limit, wrapper.call(call)).await {
-                        Ok(outcome) => outcome,
+                    match tokio::time::timeout_at(limit, task).await {
+                        Ok(Ok(outcome)) => outcome,
+                        Ok(Err(join)) => {
+                            tracing::error!(callout_id = %callout.id, connection = %conn.name, panicked = join.is_panic(), "the wrapper failed unexpectedly");
+                            Outcome::failure(
+                                CallError::new(
+                                    ErrorKind::Internal,
+                                    format!("the `{}` wrapper failed unexpectedly", conn.type_name),
+                                ),
+                                None,
+                                0,
+                            )
+                        }
                         Err(_) => Outcome::failure(
                             CallError::new(
                                 ErrorKind::Timeout,
@@ -299,8 +337,13 @@ async fn run_one(
         next,
         now,
     };
+    // A result the upstream already gave is worth waiting for the store: retry until the
+    // lease ends (after that the callout is reclaimed and runs again anyway).
     let mut delay = Duration::from_millis(50);
-    for _ in 0..6 {
+    let give_up = claim
+        .lease_expires_at
+        .max(now_millis() + lease.as_millis() as i64);
+    while now_millis() < give_up {
         match inner.store.finish(vec![finish.clone()]).await {
             Ok(done) => {
                 if done.first() == Some(&Finished::Fenced) {
@@ -311,18 +354,30 @@ async fn run_one(
             Err(err) => {
                 tracing::warn!(error = %err, callout_id = %callout.id, "recording a result failed; retrying");
                 tokio::time::sleep(delay).await;
-                delay *= 2;
+                delay = (delay * 2).min(Duration::from_secs(2));
             }
         }
     }
-    forget(&active, &callout.id);
+    forget(&active, &callout.id, claim.attempt);
     drop(permit);
     let _ = inner.finished.send(callout.id.clone());
 }
 
-fn forget(active: &Active, id: &str) {
-    if let Ok(mut map) = active.lock() {
+/// Drops a claim from the active set, unless a newer claim of the same callout replaced it.
+fn forget(active: &Active, id: &str, attempt: u32) {
+    if let Ok(mut map) = active.lock()
+        && map.get(id) == Some(&attempt)
+    {
         map.remove(id);
+    }
+}
+
+/// Aborts a spawned call when the attempt that started it ends first.
+struct AbortOnDrop(tokio::task::AbortHandle);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -96,6 +96,39 @@ pub struct SqliteStore {
     readers: SqlitePool,
     commits: Arc<AtomicU64>,
     writer: JoinHandle<()>,
+    /// An exclusive lock on `PATH.lock`, held while the store is open: one engine per file
+    /// (start-up reclaims every running callout, which is only right for the sole user).
+    _lock: std::fs::File,
+}
+
+/// Takes the exclusive lock that makes an engine the only user of the database at `db`.
+fn lock_file(url: &str, db: &std::path::Path) -> Result<std::fs::File, StoreError> {
+    let mut path = db.as_os_str().to_owned();
+    path.push(".lock");
+    let path = std::path::PathBuf::from(path);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|err| {
+            StoreError::Failed(format!(
+                "cannot open {url:?}: cannot create its lock file {}: {err}",
+                path.display()
+            ))
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(StoreError::Failed(format!(
+            "{} is in use by another switchboard engine (it holds {}); run one engine per SQLite file",
+            db.display(),
+            path.display()
+        ))),
+        Err(std::fs::TryLockError::Error(err)) => Err(StoreError::Failed(format!(
+            "cannot lock {}: {err}",
+            path.display()
+        ))),
+    }
 }
 
 impl SqliteStore {
@@ -125,6 +158,7 @@ impl SqliteStore {
             .map_err(|err| store_error(format_args!("cannot open {url:?}"), err))?
             .busy_timeout(BUSY_TIMEOUT)
             .foreign_keys(true);
+        let lock = lock_file(url, base.get_filename())?;
 
         let mut writer = base
             .clone()
@@ -162,6 +196,7 @@ impl SqliteStore {
             readers,
             commits,
             writer,
+            _lock: lock,
         })
     }
 

@@ -289,7 +289,12 @@ impl RestWrapper {
     fn outcome(&self, f: &RestFunction, call: &Call<'_>, answer: Answer, bytes: u64) -> Outcome {
         let code = answer.status.as_u16();
         if let Some(kind) = ErrorKind::from_status(code) {
-            let excerpt = self.redactor.redact(&excerpt(&answer.body));
+            // Redact the whole body first: a key cut in two by the excerpt would slip through.
+            let excerpt = excerpt(
+                self.redactor
+                    .redact(&String::from_utf8_lossy(&answer.body))
+                    .as_bytes(),
+            );
             let status = match answer.status.canonical_reason() {
                 Some(reason) => format!("{code} {reason}"),
                 None => code.to_string(),
@@ -336,12 +341,13 @@ impl RestWrapper {
             } else {
                 format!("`{pointer}`")
             };
-            let detail = truncate(&err.masked().to_string(), EXCERPT_CHARS);
+            let detail = truncate(
+                &self.redactor.redact(&err.masked().to_string()),
+                EXCERPT_CHARS,
+            );
             let message = format!(
                 "the answer of `{}.{}` does not match its output_schema at {at}: {}",
-                self.connection,
-                call.function,
-                self.redactor.redact(&detail)
+                self.connection, call.function, detail
             );
             return Outcome::failure(
                 CallError::new(ErrorKind::InvalidResponse, message),
@@ -535,12 +541,22 @@ struct Redactor {
 }
 
 impl Redactor {
+    /// Replaces each secret, as it is and in the encoded forms a URL or a form gives it.
     fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
         for secret in &self.secrets {
             let value = secret.expose();
-            if !value.is_empty() && out.contains(value) {
-                out = out.replace(value, "***");
+            if value.is_empty() {
+                continue;
+            }
+            let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+            let percent =
+                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            for form in [value, form.as_str(), percent.as_str()] {
+                if out.contains(form) {
+                    out = out.replace(form, "***");
+                }
             }
         }
         out
@@ -641,6 +657,18 @@ mod tests {
         let cut = excerpt(long.as_bytes());
         assert_eq!(cut.chars().count(), EXCERPT_CHARS + 1);
         assert!(cut.ends_with('…'));
+    }
+
+    #[test]
+    fn redactor_replaces_encoded_secrets_and_keys_cut_by_the_excerpt() {
+        let r = Redactor {
+            secrets: vec![Secret::new("ab+/cd=CANARY")],
+        };
+        let echoed = "bad request to /x?api_key=ab%2B%2Fcd%3DCANARY or ab%2B%2Fcd%3DCANARY";
+        assert!(!r.redact(echoed).contains("CANARY"), "{}", r.redact(echoed));
+        let body = format!("{} ab+/cd=CANARY", "x".repeat(EXCERPT_CHARS - 5));
+        let shown = excerpt(r.redact(&body).as_bytes());
+        assert!(!shown.contains("ab+/"), "{shown}");
     }
 
     #[test]

@@ -10,3 +10,4 @@ mod docs;
 mod pipeline;
 mod schema;
 mod secrets;
+mod shutdown;

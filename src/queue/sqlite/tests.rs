@@ -276,13 +276,17 @@ async fn in_memory_database_is_refused() {
 #[tokio::test]
 async fn file_in_a_missing_directory_is_a_failure() {
     let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("missing/queue.db").display());
+    let file = dir.path().join("missing/queue.db");
+    let url = format!("sqlite://{}", file.display());
 
     let err = SqliteStore::open(&url).await.unwrap_err();
 
     assert_eq!(
         err.to_string(),
-        format!("the store failed: cannot open {url:?}: (code: 14) unable to open database file")
+        format!(
+            "the store failed: cannot open {url:?}: cannot create its lock file {}.lock: No such file or directory (os error 2)",
+            file.display()
+        )
     );
 }
 
@@ -416,4 +420,21 @@ async fn list_pages_through_an_index() {
         let statement = list_statement(&query).into_string();
         assert_eq!(explain(&dir, &statement).await, [expected], "{statement}");
     }
+}
+
+#[tokio::test]
+async fn a_second_engine_cannot_open_a_file_in_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = SqliteStore::open(&url(&dir)).await.unwrap();
+    let Err(StoreError::Failed(message)) = SqliteStore::open(&url(&dir)).await else {
+        panic!("a second store on the same file must be refused");
+    };
+    assert!(
+        message.contains("is in use by another switchboard engine"),
+        "{message}"
+    );
+    drop(first);
+    SqliteStore::open(&url(&dir))
+        .await
+        .expect("free again once the first is gone");
 }
