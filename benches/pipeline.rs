@@ -1,6 +1,6 @@
 //! The callout pipeline end to end, against the raw-client ceiling, in one run.
 //!
-//! Run: `cargo bench --bench pipeline` (a full run, a few minutes on 2 cores), or
+//! Run: `cargo bench --bench pipeline` (a full run: about four minutes on 2 cores), or
 //! `cargo bench --bench pipeline -- --quick` (a smoke run of seconds; nothing asserted but that
 //! every callout succeeds). Options, as arguments after `--` or environment variables:
 //!
@@ -9,37 +9,43 @@
 //! | `--n N` | `PIPELINE_N` | 5000 (200) | calls per end-to-end phase |
 //! | `--enqueue-n N` | `PIPELINE_ENQUEUE_N` | 20000 (500) | callouts per enqueue-only phase |
 //! | `--latencies 0,50` | `PIPELINE_LATENCIES` | 0,50 | upstream latencies in ms |
-//! | `--runs R` | `PIPELINE_RUNS` | 3 (1) | repetitions; the table shows medians |
+//! | `--runs R` | `PIPELINE_RUNS` | 3 (1) | repetitions; the tables show medians |
 //! | `--batch B` | `PIPELINE_BATCH` | 100 | items per `POST /v1/callouts/batch` |
-//! | `--only a,b` | `PIPELINE_ONLY` | all | phases: ceiling, single, batch, paced, probe, enqueue |
+//! | `--only a,b` | `PIPELINE_ONLY` | all | phases: ceiling, single, batch, paced, probe, enqueue, enqueue-batch, store |
 //! | `--json PATH` | `PIPELINE_JSON` | target/bench-pipeline.json | where the JSON goes |
-//! | `--quick` | `PIPELINE_QUICK=1` | | the small sizes |
+//! | `--quick` | `PIPELINE_QUICK=1` | | the small sizes, one run |
 //!
-//! What it does, for each upstream latency:
+//! Everything stays on loopback, and every wait is bounded (a phase fails after its deadline).
+//! This process holds the upstream and the load clients; each Switchboard runs in a process of
+//! its own — this program again, with `--child` — started through `server::start` exactly as
+//! `switchboard serve` starts it, on a fresh SQLite file under `target/bench-pipeline-tmp/`
+//! (the real disk: WAL, `synchronous=FULL`), with the global cap of 25. For each upstream
+//! latency:
 //!
-//! - starts an upstream on loopback (axum) that answers `POST /orders` after the latency;
+//! - the upstream (axum) answers `POST /orders` after the latency;
 //! - **ceiling**: one reqwest client with exactly 25 requests in flight makes N calls, the same
 //!   request Switchboard makes (JSON body, `Idempotency-Key`), and parses each answer;
-//! - **single**: Switchboard through `server::start` (temp SQLite file, WAL,
-//!   `synchronous=FULL`, cap 25), and a client with 25 connections sending N single
-//!   `POST /v1/callouts` — the CRM-trigger path; the clock runs from the first POST until the
-//!   store says all N succeeded (checked at the upstream too: N calls, no duplicate key);
+//! - **single**: a client with 25 connections sends N single `POST /v1/callouts` (the
+//!   CRM-trigger path); the clock runs from the first POST until the store says all N are
+//!   over, and all N must have succeeded (the upstream must have seen N calls, N keys);
 //! - **batch**: the same, enqueued through `POST /v1/callouts/batch`;
-//! - **paced**: single POSTs at half the rate the single phase reached (open loop), for
-//!   enqueue-to-completion latency below saturation;
-//! - **probe**: the single phase again on the same pieces `server::start` assembles
-//!   (`SqliteStore::open`, `Engine::start`, `controller::serve`), with the store wrapped in a
-//!   counter, to reach `SqliteStore::commits()` and time each store operation;
+//! - **paced**: N/2 single POSTs at half the rate the single phase reached (open loop, at most
+//!   25 in flight), for enqueue-to-completion latency below saturation;
+//! - **probe**: the single phase again, on the same three pieces `server::start` assembles
+//!   (`SqliteStore::open`, `Engine::start`, `controller::serve`) but with the store wrapped in
+//!   a counter, to read `SqliteStore::commits()` and time each store operation;
 //!
-//! and once: **enqueue** only (`dispatch: false`), single POSTs and batches, 25 connections.
+//! then once: **enqueue** only (`dispatch: false`: single POSTs, batches, and single POSTs
+//! probed), and **store** only (the `SqliteStore` driven directly by 25 tasks, no HTTP, no
+//! dispatcher: the most the pipeline can get from this store).
 //!
 //! Latency of an end-to-end phase is enqueue-to-completion: `updated_at - created_at` of each
-//! callout (milliseconds, engine clock: from before the enqueue commit to after the upstream
-//! answered, before the result's commit). Of the ceiling, the request's round trip; of an
-//! enqueue phase, the round trip of the POST (its 202 means durable). Peak RSS is the
-//! process's `VmHWM`, reset before each phase through `/proc/self/clear_refs`; the process
-//! holds the upstream and the clients too, so compare with the ceiling's. Database bytes are
-//! the file, `-wal` and `-shm` sizes right after the phase, divided by its callouts.
+//! callout (milliseconds, the engine's clock: from before the enqueue commit to after the
+//! upstream answered, before the result's commit). Of the ceiling: the request's round trip;
+//! of an enqueue phase: the POST's round trip (a 202 means durable). "Mean in flight" is the
+//! upstream's busy time over the phase's length. Peak RSS is the server process's `VmHWM`.
+//! Database bytes are the file, and the `-wal` and `-shm` files, right after the phase, over
+//! its callouts. CPU time comes from `/proc/*/task/*/schedstat`, grouped by thread name.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
@@ -61,11 +67,12 @@ use switchboard::controller::{self, AppState, CallerAuth};
 use switchboard::engine::{Engine, EngineConfig};
 use switchboard::metadata::Loader;
 use switchboard::queue::{
-    Attempt, Callout, Claimed, Enqueued, Finish, Finished, ListQuery, Millis, NewCallout,
+    Attempt, Callout, Claimed, Enqueued, Finish, Finished, ListQuery, Millis, NewCallout, Next,
     SqliteStore, Status, Store, StoreError, Transition,
 };
 use switchboard::server::{self, Server, ServerConfig};
 use tempfile::TempDir;
+use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
@@ -92,7 +99,16 @@ struct Options {
     quick: bool,
 }
 
-const PHASES: [&str; 6] = ["ceiling", "single", "batch", "paced", "probe", "enqueue"];
+const PHASES: [&str; 8] = [
+    "ceiling",
+    "single",
+    "batch",
+    "paced",
+    "probe",
+    "enqueue",
+    "enqueue-batch",
+    "store",
+];
 
 impl Options {
     fn parse() -> Result<Options, String> {
@@ -166,14 +182,18 @@ impl Options {
             Some(text) => {
                 let set: HashSet<String> = text.split(',').map(|s| s.trim().to_string()).collect();
                 if let Some(bad) = set.iter().find(|p| !PHASES.contains(&p.as_str())) {
-                    return Err(format!("--only: unknown phase {bad:?}; expected {PHASES:?}"));
+                    return Err(format!(
+                        "--only: unknown phase {bad:?}; expected {PHASES:?}"
+                    ));
                 }
                 Some(set)
             }
         };
         let batch = number("batch", 100)?;
         if batch > 1000 {
-            return Err(format!("--batch {batch}: a batch holds at most 1000 callouts"));
+            return Err(format!(
+                "--batch {batch}: a batch holds at most 1000 callouts"
+            ));
         }
         let json = given.get("json").map(PathBuf::from).unwrap_or_else(|| {
             Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-pipeline.json")
@@ -304,7 +324,11 @@ impl Upstream {
 }
 
 /// `POST /orders`: waits the latency, answers an order as a CRM-side service would.
-async fn order(State(stats): State<Arc<UpstreamStats>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn order(
+    State(stats): State<Arc<UpstreamStats>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     let began = Instant::now();
     let now = stats.inflight.fetch_add(1, Ordering::SeqCst) + 1;
     stats.peak.fetch_max(now, Ordering::SeqCst);
@@ -397,14 +421,10 @@ impl OpStats {
     }
 
     fn json(&self) -> Value {
-        let calls = self.calls.load(Ordering::Relaxed);
-        let items = self.items.load(Ordering::Relaxed);
-        let nanos = self.nanos.load(Ordering::Relaxed);
         json!({
-            "calls": calls,
-            "items": items,
-            "mean_items": if calls == 0 { 0.0 } else { items as f64 / calls as f64 },
-            "mean_wait_ms": if calls == 0 { 0.0 } else { nanos as f64 / calls as f64 / 1e6 },
+            "calls": self.calls.load(Ordering::Relaxed),
+            "items": self.items.load(Ordering::Relaxed),
+            "nanos": self.nanos.load(Ordering::Relaxed),
         })
     }
 }
@@ -420,6 +440,17 @@ struct Probe {
 }
 
 impl Probe {
+    fn json(&self) -> Value {
+        json!({
+            "commits": self.inner.commits(),
+            "enqueue": self.enqueue.json(),
+            "claim": self.claim.json(),
+            "finish": self.finish.json(),
+            "reads": self.reads.json(),
+            "other": self.other.json(),
+        })
+    }
+
     fn new(inner: Arc<SqliteStore>) -> Probe {
         Probe {
             inner,
@@ -529,20 +560,17 @@ enum Start {
     Probed,
 }
 
-enum Running {
-    Served(Server),
-    Probed {
-        engine: Engine,
-        stop: CancellationToken,
-        http: JoinHandle<std::io::Result<()>>,
-        probe: Arc<Probe>,
-    },
-}
-
-/// A Switchboard with its temporary metadata folder and database.
+/// A Switchboard in a process of its own (this program, run with `--child`), with its
+/// temporary metadata folder and database. It answers one-line commands on stdin with one
+/// line of JSON on stdout: `counts`, `times`, `probe`, `stop`.
 struct Switchboard {
     base: String,
-    running: Running,
+    pid: u32,
+    /// The thread of the store's write connection (the first SQLite thread it started).
+    writer_tid: Option<u32>,
+    process: tokio::process::Child,
+    stdin: tokio::process::ChildStdin,
+    stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
     db: PathBuf,
     _dir: TempDir,
 }
@@ -550,94 +578,82 @@ struct Switchboard {
 impl Switchboard {
     async fn start(upstream: &Upstream, dispatch: bool, how: Start) -> Result<Switchboard, String> {
         // Beside the build, on the real disk: fsync costs what it costs there.
-        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-pipeline-tmp");
-        std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
-        let dir = tempfile::tempdir_in(&root).map_err(|e| format!("a temp folder: {e}"))?;
+        let dir = temp_dir()?;
         let meta = dir.path().join("metadata");
         std::fs::create_dir(&meta).map_err(|e| format!("create the metadata folder: {e}"))?;
         std::fs::write(meta.join("bench.yaml"), metadata(&upstream.url()))
             .map_err(|e| format!("write the metadata: {e}"))?;
         let db = dir.path().join("switchboard.db");
-        let db_url = format!("sqlite://{}", db.display());
-        let mut config = ServerConfig::new(&meta, db_url.clone());
-        config.listen = SocketAddr::from((LOOPBACK, 0));
-        config.auth = CallerAuth::Keys(Arc::new(vec![KEY.to_string()]));
-        config.shutdown_grace = Duration::from_secs(5);
-        config.dispatch = dispatch;
-        config.max_concurrent_callouts = CONCURRENCY;
-        let (addr, running) = match how {
-            Start::Serve => {
-                let server = server::start(config, Loader::new())
-                    .await
-                    .map_err(|e| format!("the server does not start: {e}"))?;
-                (server.addr, Running::Served(server))
-            }
-            Start::Probed => {
-                // What `server::start` does, with the store kept to read its commits.
-                let store = Arc::new(
-                    SqliteStore::open(&db_url)
-                        .await
-                        .map_err(|e| format!("the store does not open: {e}"))?,
-                );
-                let probe = Arc::new(Probe::new(store));
-                let engine_config = EngineConfig {
-                    metadata_dir: config.metadata_dir.clone(),
-                    max_concurrent_callouts: config.max_concurrent_callouts,
-                    shutdown_grace: config.shutdown_grace,
-                    dispatch: config.dispatch,
-                    ..EngineConfig::default()
-                };
-                let shared: Arc<dyn Store> = probe.clone();
-                let engine = Engine::start(engine_config, shared, Loader::new())
-                    .await
-                    .map_err(|e| format!("the engine does not start: {e}"))?;
-                let listener = tokio::net::TcpListener::bind(config.listen)
-                    .await
-                    .map_err(|e| format!("the API cannot listen: {e}"))?;
-                let addr = listener
-                    .local_addr()
-                    .map_err(|e| format!("the API has no address: {e}"))?;
-                let state = AppState {
-                    engine: engine.clone(),
-                    auth: config.auth.clone(),
-                    body_limit: config.body_limit,
-                };
-                let stop = CancellationToken::new();
-                let stopped = stop.clone();
-                let http = tokio::spawn(controller::serve(listener, state, async move {
-                    stopped.cancelled().await
-                }));
-                (
-                    addr,
-                    Running::Probed {
-                        engine,
-                        stop,
-                        http,
-                        probe,
-                    },
-                )
-            }
-        };
-        Ok(Switchboard {
-            base: format!("http://{addr}"),
-            running,
+        let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
+        let mut process = tokio::process::Command::new(exe)
+            .arg("--child")
+            .arg(&meta)
+            .arg(&db)
+            .arg(if dispatch { "dispatch" } else { "enqueue-only" })
+            .arg(if how == Start::Probed {
+                "probed"
+            } else {
+                "serve"
+            })
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("cannot start the server process: {e}"))?;
+        let pid = process.id().ok_or("the server process has no id")?;
+        let stdin = process
+            .stdin
+            .take()
+            .ok_or("the server process has no stdin")?;
+        let stdout = process
+            .stdout
+            .take()
+            .ok_or("the server process has no stdout")?;
+        let mut sb = Switchboard {
+            base: String::new(),
+            pid,
+            writer_tid: None,
+            process,
+            stdin,
+            stdout: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
             db,
             _dir: dir,
-        })
+        };
+        let ready = sb.read().await?;
+        sb.base = format!("http://{}", ready["addr"].as_str().ok_or("no address")?);
+        sb.writer_tid = ready["writer_tid"].as_u64().map(|t| t as u32);
+        Ok(sb)
     }
 
-    fn store(&self) -> Arc<dyn Store> {
-        match &self.running {
-            Running::Served(server) => server.engine.store().clone(),
-            Running::Probed { engine, .. } => engine.store().clone(),
+    async fn read(&mut self) -> Result<Value, String> {
+        let line = tokio::time::timeout(Duration::from_secs(120), self.stdout.next_line())
+            .await
+            .map_err(|_| "the server process did not answer within 120 s".to_string())?
+            .map_err(|e| format!("reading the server process: {e}"))?
+            .ok_or("the server process ended")?;
+        let value: Value = serde_json::from_str(&line)
+            .map_err(|e| format!("the server process said {line:?}: {e}"))?;
+        match value["error"].as_str() {
+            Some(error) => Err(format!("the server process: {error}")),
+            None => Ok(value),
         }
     }
 
-    fn probe(&self) -> Option<&Arc<Probe>> {
-        match &self.running {
-            Running::Served(_) => None,
-            Running::Probed { probe, .. } => Some(probe),
-        }
+    async fn ask(&mut self, command: &str) -> Result<Value, String> {
+        use tokio::io::AsyncWriteExt;
+        self.stdin
+            .write_all(format!("{command}\n").as_bytes())
+            .await
+            .map_err(|e| format!("writing to the server process: {e}"))?;
+        self.stdin.flush().await.map_err(|e| e.to_string())?;
+        self.read().await
+    }
+
+    /// Callouts by status.
+    async fn counts(&mut self) -> Result<BTreeMap<String, u64>, String> {
+        let answer = self.ask("counts").await?;
+        serde_json::from_value(answer["counts"].clone()).map_err(|e| e.to_string())
     }
 
     /// Bytes of the database file, its `-wal` and its `-shm`.
@@ -650,18 +666,196 @@ impl Switchboard {
         (size(""), size("-wal") + size("-shm"))
     }
 
-    async fn stop(self) {
-        match self.running {
-            Running::Served(server) => server.stop().await,
-            Running::Probed {
-                engine, stop, http, ..
-            } => {
-                stop.cancel();
-                let _ = http.await;
-                engine.shutdown().await;
-            }
+    /// The server process's peak RSS.
+    fn peak_rss_mb(&self) -> f64 {
+        status_kb_of(&format!("/proc/{}/status", self.pid), "VmHWM:") / 1024.0
+    }
+
+    async fn stop(mut self) -> Result<(), String> {
+        let answer = self.ask("stop").await;
+        let status = tokio::time::timeout(Duration::from_secs(30), self.process.wait())
+            .await
+            .map_err(|_| "the server process did not stop within 30 s".to_string())?
+            .map_err(|e| e.to_string())?;
+        answer?;
+        if !status.success() {
+            return Err(format!("the server process ended with {status}"));
+        }
+        Ok(())
+    }
+}
+
+fn temp_dir() -> Result<TempDir, String> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/bench-pipeline-tmp");
+    std::fs::create_dir_all(&root).map_err(|e| format!("create {}: {e}", root.display()))?;
+    tempfile::tempdir_in(&root).map_err(|e| format!("a temp folder: {e}"))
+}
+
+/// The server process: `--child METADATA DB dispatch|enqueue-only serve|probed`.
+fn child_main(args: &[String]) -> ExitCode {
+    let [meta, db, dispatch, how] = args else {
+        eprintln!("error: --child METADATA DB dispatch|enqueue-only serve|probed");
+        return ExitCode::from(2);
+    };
+    // As `switchboard serve` builds it: one worker per core.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .thread_name("sb-worker")
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            eprintln!("error: no Tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let how = if how == "probed" {
+        Start::Probed
+    } else {
+        Start::Serve
+    };
+    match runtime.block_on(child(
+        Path::new(meta),
+        Path::new(db),
+        dispatch == "dispatch",
+        how,
+    )) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            println!("{}", json!({ "error": message }));
+            ExitCode::FAILURE
         }
     }
+}
+
+enum Running {
+    Served(Server),
+    Probed {
+        engine: Engine,
+        stop: CancellationToken,
+        http: JoinHandle<std::io::Result<()>>,
+        probe: Arc<Probe>,
+    },
+}
+
+async fn child(meta: &Path, db: &Path, dispatch: bool, how: Start) -> Result<(), String> {
+    let sqlite_before = sqlite_threads();
+    let db_url = format!("sqlite://{}", db.display());
+    let mut config = ServerConfig::new(meta, db_url.clone());
+    config.listen = SocketAddr::from((LOOPBACK, 0));
+    config.auth = CallerAuth::Keys(Arc::new(vec![KEY.to_string()]));
+    config.shutdown_grace = Duration::from_secs(5);
+    config.dispatch = dispatch;
+    config.max_concurrent_callouts = CONCURRENCY;
+    let (addr, running) = match how {
+        Start::Serve => {
+            let server = server::start(config, Loader::new())
+                .await
+                .map_err(|e| format!("the server does not start: {e}"))?;
+            (server.addr, Running::Served(server))
+        }
+        Start::Probed => {
+            // What `server::start` does, with the store kept to read its commits.
+            let store = Arc::new(
+                SqliteStore::open(&db_url)
+                    .await
+                    .map_err(|e| format!("the store does not open: {e}"))?,
+            );
+            let probe = Arc::new(Probe::new(store));
+            let engine_config = EngineConfig {
+                metadata_dir: config.metadata_dir.clone(),
+                max_concurrent_callouts: config.max_concurrent_callouts,
+                shutdown_grace: config.shutdown_grace,
+                dispatch: config.dispatch,
+                ..EngineConfig::default()
+            };
+            let shared: Arc<dyn Store> = probe.clone();
+            let engine = Engine::start(engine_config, shared, Loader::new())
+                .await
+                .map_err(|e| format!("the engine does not start: {e}"))?;
+            let listener = tokio::net::TcpListener::bind(config.listen)
+                .await
+                .map_err(|e| format!("the API cannot listen: {e}"))?;
+            let addr = listener
+                .local_addr()
+                .map_err(|e| format!("the API has no address: {e}"))?;
+            let state = AppState {
+                engine: engine.clone(),
+                auth: config.auth.clone(),
+                body_limit: config.body_limit,
+            };
+            let stop = CancellationToken::new();
+            let stopped = stop.clone();
+            let http = tokio::spawn(controller::serve(listener, state, async move {
+                stopped.cancelled().await
+            }));
+            (
+                addr,
+                Running::Probed {
+                    engine,
+                    stop,
+                    http,
+                    probe,
+                },
+            )
+        }
+    };
+    let writer_tid = sqlite_threads().difference(&sqlite_before).min().copied();
+    println!(
+        "{}",
+        json!({ "addr": addr.to_string(), "writer_tid": writer_tid })
+    );
+    let store = match &running {
+        Running::Served(server) => server.engine.store().clone(),
+        Running::Probed { engine, .. } => engine.store().clone(),
+    };
+    // Commands from stdin, read by a thread (tokio's stdin needs a feature the crate does not
+    // enable); the channel closes when stdin does.
+    let (tx, mut commands) = tokio::sync::mpsc::channel::<String>(4);
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { break };
+            if tx.blocking_send(line).is_err() {
+                break;
+            }
+        }
+    });
+    // Ends at `stop`, or when the parent goes away (stdin closes).
+    while let Some(line) = commands.recv().await {
+        let answer = match line.trim() {
+            "counts" => match store.counts().await {
+                Ok(counts) => {
+                    let map: BTreeMap<&str, u64> =
+                        counts.iter().map(|(s, n)| (s.as_str(), *n)).collect();
+                    json!({ "counts": map })
+                }
+                Err(e) => json!({ "error": format!("counting callouts: {e}") }),
+            },
+            "times" => match completion_times(&store).await {
+                Ok(times) => json!({ "times": times }),
+                Err(e) => json!({ "error": e }),
+            },
+            "probe" => match &running {
+                Running::Probed { probe, .. } => probe.json(),
+                Running::Served(_) => json!({ "commits": null }),
+            },
+            "stop" => break,
+            other => json!({ "error": format!("unknown command {other:?}") }),
+        };
+        println!("{answer}");
+    }
+    match running {
+        Running::Served(server) => server.stop().await,
+        Running::Probed {
+            engine, stop, http, ..
+        } => {
+            stop.cancel();
+            let _ = http.await;
+            engine.shutdown().await;
+        }
+    }
+    println!("{}", json!({ "stopped": true }));
+    Ok(())
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -684,7 +878,12 @@ struct Trips {
 
 /// `workers` tasks share `n` jobs; `job(i)` is one request. Returns the trips in order of
 /// completion; fails on the first failed request or at `deadline`.
-async fn workers<F, Fut>(n: usize, workers: usize, deadline: Instant, job: F) -> Result<Trips, String>
+async fn workers<F, Fut>(
+    n: usize,
+    workers: usize,
+    deadline: Instant,
+    job: F,
+) -> Result<Trips, String>
 where
     F: Fn(usize) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = Result<(), String>> + Send,
@@ -796,7 +995,12 @@ async fn enqueue_batches(
 }
 
 /// Single POSTs at `rate` a second (open loop), at most `CONCURRENCY` in flight.
-async fn enqueue_paced(base: &str, n: usize, rate: f64, deadline: Instant) -> Result<Trips, String> {
+async fn enqueue_paced(
+    base: &str,
+    n: usize,
+    rate: f64,
+    deadline: Instant,
+) -> Result<Trips, String> {
     let client = http_client()?;
     let url = format!("{base}/v1/callouts");
     let slots = Arc::new(Semaphore::new(CONCURRENCY));
@@ -832,7 +1036,7 @@ async fn enqueue_paced(base: &str, n: usize, rate: f64, deadline: Instant) -> Re
 /// Waits until the upstream saw `n` calls and the store says `n` callouts are over; returns
 /// when the store said so.
 async fn wait_done(
-    store: &Arc<dyn Store>,
+    sb: &mut Switchboard,
     upstream: &Upstream,
     n: usize,
     deadline: Instant,
@@ -847,43 +1051,48 @@ async fn wait_done(
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     loop {
-        let counts = store
-            .counts()
-            .await
-            .map_err(|e| format!("counting callouts: {e}"))?;
-        let over: u64 = counts
+        let counts = sb.counts().await?;
+        let over: u64 = ["succeeded", "failed", "cancelled"]
             .iter()
-            .filter(|(s, _)| s.is_final())
-            .map(|(_, k)| *k)
+            .filter_map(|s| counts.get(*s))
             .sum();
         if over >= n as u64 {
             return Ok(Instant::now());
         }
         if Instant::now() > deadline {
-            return Err(format!("deadline passed with {over} of {n} callouts over: {counts:?}"));
+            return Err(format!(
+                "deadline passed with {over} of {n} callouts over: {counts:?}"
+            ));
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }
 
+/// Every callout's enqueue-to-completion time (ms), read in the server process; fails unless
+/// every callout succeeded.
 /// Every callout's enqueue-to-completion time (ms); fails unless all `n` succeeded at the
 /// first attempt.
-async fn completion_times(store: &Arc<dyn Store>, n: usize) -> Result<Vec<u64>, String> {
-    let mut times = Vec::with_capacity(n);
+async fn completion_times(store: &Arc<dyn Store>) -> Result<Vec<u64>, String> {
+    let mut times = Vec::new();
     let mut before_id = None;
-    for _ in 0..=n / 1000 + 1 {
+    // Bounded: a million callouts at most.
+    for _ in 0..1000 {
+        let query = ListQuery {
+            status: None,
+            function: None,
+            limit: 1000,
+            before_id: before_id.clone(),
+        };
         let page = store
-            .list(&ListQuery {
-                status: None,
-                function: None,
-                limit: 1000,
-                before_id: before_id.clone(),
-            })
+            .list(&query)
             .await
             .map_err(|e| format!("listing callouts: {e}"))?;
         for c in &page {
             if c.status != Status::Succeeded {
-                return Err(format!("callout {} ended {:?}: {:?}", c.id, c.status, c.result));
+                return Err(format!(
+                    "callout {} ended {:?}: {:?}",
+                    c.id, c.status, c.result
+                ));
             }
             times.push(u64::try_from(c.updated_at - c.created_at).unwrap_or(0));
         }
@@ -891,9 +1100,6 @@ async fn completion_times(store: &Arc<dyn Store>, n: usize) -> Result<Vec<u64>, 
             Some(last) if page.len() == 1000 => before_id = Some(last.id.clone()),
             _ => break,
         }
-    }
-    if times.len() != n {
-        return Err(format!("{} callouts stored, expected {n}", times.len()));
     }
     Ok(times)
 }
@@ -921,16 +1127,6 @@ fn ms(times: &[u64]) -> (f64, f64) {
     let mut t = times.to_vec();
     t.sort_unstable();
     (percentile(&t, 50.0), percentile(&t, 99.0))
-}
-
-
-/// Resets the peak RSS to the current RSS (Linux ≥ 4.0).
-fn reset_peak_rss() {
-    let _ = std::fs::write("/proc/self/clear_refs", "5");
-}
-
-fn peak_rss_mb() -> f64 {
-    status_kb_of("/proc/self/status", "VmHWM:") / 1024.0
 }
 
 /// One row of one run: a scenario and its figures.
@@ -965,8 +1161,7 @@ fn figures(row: &mut Row, elapsed: Duration, p: (f64, f64)) {
     row.set("rate", row.n as f64 / elapsed.as_secs_f64())
         .set("seconds", elapsed.as_secs_f64())
         .set("p50_ms", p.0)
-        .set("p99_ms", p.1)
-        .set("peak_rss_mb", peak_rss_mb());
+        .set("p99_ms", p.1);
 }
 
 fn check_upstream(counts: &UpstreamCounts, n: usize) -> Result<(), String> {
@@ -984,7 +1179,7 @@ fn check_upstream(counts: &UpstreamCounts, n: usize) -> Result<(), String> {
 
 async fn ceiling(up: &Upstream, n: usize, latency: u64, o: &Options) -> Result<Row, String> {
     up.reset(latency)?;
-    reset_peak_rss();
+    let cpu = CpuMark::now(None, None);
     let client = http_client()?;
     let url = format!("{}/orders", up.url());
     let began = Instant::now();
@@ -1013,12 +1208,20 @@ async fn ceiling(up: &Upstream, n: usize, latency: u64, o: &Options) -> Result<R
     })
     .await?;
     let elapsed = began.elapsed();
+    let cpu = cpu.since();
     let counts = up.counts();
     check_upstream(&counts, n)?;
-    let mut row = Row::new(format!("ceiling@{latency}ms"), "ceiling: reqwest, 25 in flight", n);
+    let mut row = Row::new(
+        format!("ceiling@{latency}ms"),
+        "ceiling: reqwest, 25 in flight",
+        n,
+    );
     figures(&mut row, elapsed, trip_ms(&trips));
-    row.set("upstream_peak", counts.peak as f64)
-        .set("upstream_mean_inflight", counts.busy.as_secs_f64() / elapsed.as_secs_f64());
+    cpu.figures(&mut row);
+    row.set("upstream_peak", counts.peak as f64).set(
+        "upstream_mean_inflight",
+        counts.busy.as_secs_f64() / elapsed.as_secs_f64(),
+    );
     Ok(row)
 }
 
@@ -1039,8 +1242,8 @@ async fn end_to_end(
     o: &Options,
 ) -> Result<Row, String> {
     up.reset(latency)?;
-    let sb = Switchboard::start(up, true, start).await?;
-    reset_peak_rss();
+    let mut sb = Switchboard::start(up, true, start).await?;
+    let cpu = CpuMark::now(Some(sb.pid), sb.writer_tid);
     let deadline = o.deadline(n, latency);
     let began = Instant::now();
     let trips = match how {
@@ -1049,13 +1252,17 @@ async fn end_to_end(
         Enqueue::Paced(rate) => enqueue_paced(&sb.base, n, rate, deadline).await?,
     };
     let enqueued = began.elapsed();
-    let store = sb.store();
-    let done = wait_done(&store, up, n, deadline).await?;
+    let done = wait_done(&mut sb, up, n, deadline).await?;
     let elapsed = done - began;
-    let peak = peak_rss_mb();
+    let cpu = cpu.since();
+    let peak = sb.peak_rss_mb();
     let counts = up.counts();
     let (db, wal) = sb.db_bytes();
-    let times = completion_times(&store, n).await?;
+    let times: Vec<u64> = serde_json::from_value(sb.ask("times").await?["times"].take())
+        .map_err(|e| format!("completion times: {e}"))?;
+    if times.len() != n {
+        return Err(format!("{} callouts stored, expected {n}", times.len()));
+    }
     check_upstream(&counts, n)?;
     let (key, what) = match (how, start) {
         (Enqueue::Single, Start::Serve) => ("single", "Switchboard, single POSTs"),
@@ -1073,57 +1280,60 @@ async fn end_to_end(
         .set("db_bytes_per_callout", (db + wal) as f64 / n as f64)
         .set("db_file_bytes_per_callout", db as f64 / n as f64)
         .set("upstream_peak", counts.peak as f64)
-        .set("upstream_mean_inflight", counts.busy.as_secs_f64() / elapsed.as_secs_f64());
+        .set(
+            "upstream_mean_inflight",
+            counts.busy.as_secs_f64() / elapsed.as_secs_f64(),
+        );
     if let Enqueue::Paced(rate) = how {
         row.set("offered_rate", rate);
     }
-    if let Some(probe) = sb.probe() {
+    cpu.figures(&mut row);
+    if start == Start::Probed {
+        let probe = sb.ask("probe").await?;
         probed(&mut row, probe, n);
     }
-    sb.stop().await;
+    sb.stop().await?;
     Ok(row)
 }
 
 /// The probe's figures: commits and store operations per callout.
-fn probed(row: &mut Row, probe: &Probe, n: usize) {
-    let commits = probe.inner.commits();
-    row.set("commits_per_callout", commits as f64 / n as f64);
-    let finish_calls = probe.finish.calls.load(Ordering::Relaxed);
-    let claim_calls = probe.claim.calls.load(Ordering::Relaxed);
-    let claimed = probe.claim.items.load(Ordering::Relaxed);
-    row.set("claims_per_callout", claim_calls as f64 / n as f64)
-        .set(
+fn probed(row: &mut Row, probe: Value, n: usize) {
+    let n = n as f64;
+    let get = |op: &str, field: &str| probe[op][field].as_f64().unwrap_or(0.0);
+    row.set(
+        "commits_per_callout",
+        probe["commits"].as_f64().unwrap_or(0.0) / n,
+    )
+    .set("claims_per_callout", get("claim", "calls") / n)
+    .set("finish_calls_per_callout", get("finish", "calls") / n);
+    if get("claim", "calls") > 0.0 {
+        row.set(
             "callouts_per_claim",
-            if claim_calls == 0 { 0.0 } else { claimed as f64 / claim_calls as f64 },
-        )
-        .set("finish_calls_per_callout", finish_calls as f64 / n as f64);
-    for (name, stats) in [
-        ("enqueue_wait_ms", &probe.enqueue),
-        ("claim_wait_ms", &probe.claim),
-        ("finish_wait_ms", &probe.finish),
+            get("claim", "items") / get("claim", "calls"),
+        );
+    }
+    for (name, op) in [
+        ("enqueue_wait_ms", "enqueue"),
+        ("claim_wait_ms", "claim"),
+        ("finish_wait_ms", "finish"),
     ] {
-        let calls = stats.calls.load(Ordering::Relaxed);
-        if calls > 0 {
-            row.set(name, stats.nanos.load(Ordering::Relaxed) as f64 / calls as f64 / 1e6);
+        if get(op, "calls") > 0.0 {
+            row.set(name, get(op, "nanos") / get(op, "calls") / 1e6);
         }
     }
-    row.detail = json!({
-        "commits": commits,
-        "store": {
-            "enqueue": probe.enqueue.json(),
-            "claim": probe.claim.json(),
-            "finish": probe.finish.json(),
-            "reads": probe.reads.json(),
-            "other": probe.other.json(),
-        }
-    });
+    row.detail = probe;
 }
 
 /// Enqueue only (`dispatch: false`).
-async fn enqueue_only(up: &Upstream, how: Enqueue, start: Start, o: &Options) -> Result<Row, String> {
+async fn enqueue_only(
+    up: &Upstream,
+    how: Enqueue,
+    start: Start,
+    o: &Options,
+) -> Result<Row, String> {
     let n = o.enqueue_n;
-    let sb = Switchboard::start(up, false, start).await?;
-    reset_peak_rss();
+    let mut sb = Switchboard::start(up, false, start).await?;
+    let cpu = CpuMark::now(Some(sb.pid), sb.writer_tid);
     let deadline = o.deadline(n, 1);
     let began = Instant::now();
     let trips = match how {
@@ -1131,19 +1341,15 @@ async fn enqueue_only(up: &Upstream, how: Enqueue, start: Start, o: &Options) ->
         _ => enqueue_single(&sb.base, n, deadline).await?,
     };
     let elapsed = began.elapsed();
-    let peak = peak_rss_mb();
+    let cpu = cpu.since();
+    let peak = sb.peak_rss_mb();
     let (db, wal) = sb.db_bytes();
-    let store = sb.store();
-    let counts = store
-        .counts()
-        .await
-        .map_err(|e| format!("counting callouts: {e}"))?;
-    let queued = counts
-        .iter()
-        .find(|(s, _)| *s == Status::Queued)
-        .map_or(0, |(_, k)| *k);
+    let counts = sb.counts().await?;
+    let queued = counts.get("queued").copied().unwrap_or(0);
     if queued != n as u64 {
-        return Err(format!("{queued} callouts queued, expected {n}: {counts:?}"));
+        return Err(format!(
+            "{queued} callouts queued, expected {n}: {counts:?}"
+        ));
     }
     let (key, what) = match (how, start) {
         (Enqueue::Batch, _) => ("enqueue-batch", "enqueue only, batch POSTs"),
@@ -1155,11 +1361,312 @@ async fn enqueue_only(up: &Upstream, how: Enqueue, start: Start, o: &Options) ->
     row.set("peak_rss_mb", peak)
         .set("db_bytes_per_callout", (db + wal) as f64 / n as f64)
         .set("db_file_bytes_per_callout", db as f64 / n as f64);
-    if let Some(probe) = sb.probe() {
+    cpu.figures(&mut row);
+    if start == Start::Probed {
+        let probe = sb.ask("probe").await?;
         probed(&mut row, probe, n);
     }
-    sb.stop().await;
+    sb.stop().await?;
     Ok(row)
+}
+
+/// The store alone, no HTTP, no dispatcher: `CONCURRENCY` tasks enqueueing one callout per
+/// operation (what 25 single POSTs ask of it), then `CONCURRENCY` tasks each claiming one
+/// callout and recording its success (what 25 slots ask of it with a 0 ms upstream). The
+/// upper bound of what the pipeline can reach with this store.
+async fn store_only(rt: &Handle, n: usize) -> Result<Vec<Row>, String> {
+    let rt2 = rt.clone();
+    tokio::task::spawn_blocking(move || rt2.block_on(store_only_here(n)))
+        .await
+        .map_err(|e| format!("the store phase failed: {e}"))?
+}
+
+async fn store_only_here(n: usize) -> Result<Vec<Row>, String> {
+    let dir = temp_dir()?;
+    let before = sqlite_threads();
+    let url = format!("sqlite://{}", dir.path().join("store.db").display());
+    let store = Arc::new(
+        SqliteStore::open(&url)
+            .await
+            .map_err(|e| format!("the store does not open: {e}"))?,
+    );
+    let writer = sqlite_threads().difference(&before).min().copied();
+    let mut rows = Vec::new();
+
+    // Enqueue, one callout per operation.
+    let (cpu, commits, began) = (CpuMark::now(None, writer), store.commits(), Instant::now());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (store, next) = (store.clone(), next.clone());
+        set.spawn(async move {
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let input = json!({ "customer": "C-1", "quantity": 1 });
+                let now = switchboard::engine::now_millis();
+                let callout = NewCallout {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    function: FUNCTION.to_string(),
+                    connection: "bench".to_string(),
+                    request_hash: switchboard::engine::request_hash(FUNCTION, &input),
+                    input,
+                    idempotency_key: None,
+                    run_at: now,
+                    now,
+                };
+                store
+                    .enqueue(vec![callout])
+                    .await
+                    .map_err(|e| format!("enqueue: {e}"))?;
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.map_err(|e| format!("an enqueue task failed: {e}"))??;
+    }
+    let mut row = Row::new(
+        "store-enqueue".into(),
+        "store only: enqueue 1 per op, 25 tasks",
+        n,
+    );
+    figures(&mut row, began.elapsed(), (f64::NAN, f64::NAN));
+    cpu.since().figures(&mut row);
+    row.set(
+        "commits_per_callout",
+        (store.commits() - commits) as f64 / n as f64,
+    );
+    rows.push(row);
+
+    // Claim one, record it succeeded, again.
+    let (cpu, commits, began) = (CpuMark::now(None, writer), store.commits(), Instant::now());
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut set = JoinSet::new();
+    for _ in 0..CONCURRENCY {
+        let (store, done) = (store.clone(), done.clone());
+        set.spawn(async move {
+            for _ in 0..n {
+                let now = switchboard::engine::now_millis();
+                let claimed = store
+                    .claim(now, 1, Duration::from_secs(60), &[])
+                    .await
+                    .map_err(|e| format!("claim: {e}"))?;
+                let Some(claim) = claimed.into_iter().next() else {
+                    return Ok(());
+                };
+                let now = switchboard::engine::now_millis();
+                let finish = Finish {
+                    id: claim.callout.id.clone(),
+                    attempt: claim.attempt,
+                    record: Attempt {
+                        attempt: claim.attempt,
+                        series: 0,
+                        started_at: now,
+                        duration_ms: 0,
+                        http_status: Some(200),
+                        error_kind: None,
+                        error_message: None,
+                        response_bytes: 48,
+                    },
+                    result: json!({
+                        "status": "succeeded",
+                        "data": { "order_id": "SO-C-1", "status": "accepted" },
+                        "error": null,
+                        "meta": { "http_status": 200, "duration_ms": 0, "attempt": 1,
+                                  "connection": "bench" },
+                    }),
+                    next: Next::Succeeded,
+                    now,
+                };
+                store
+                    .finish(vec![finish])
+                    .await
+                    .map_err(|e| format!("finish: {e}"))?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<(), String>(())
+        });
+    }
+    while let Some(joined) = set.join_next().await {
+        joined.map_err(|e| format!("a claim task failed: {e}"))??;
+    }
+    let finished = done.load(Ordering::Relaxed);
+    if finished != n {
+        return Err(format!("{finished} of {n} callouts claimed and finished"));
+    }
+    let mut row = Row::new(
+        "store-cycle".into(),
+        "store only: claim 1 + finish, 25 tasks",
+        n,
+    );
+    figures(&mut row, began.elapsed(), (f64::NAN, f64::NAN));
+    cpu.since().figures(&mut row);
+    row.set(
+        "commits_per_callout",
+        (store.commits() - commits) as f64 / n as f64,
+    );
+    rows.push(row);
+    drop(set);
+    match Arc::try_unwrap(store) {
+        Ok(store) => store
+            .close()
+            .await
+            .map_err(|e| format!("closing the store: {e}"))?,
+        Err(_) => return Err("the store is still shared".to_string()),
+    }
+    Ok(rows)
+}
+
+// ---------------------------------------------------------------------------------------------
+// CPU time by thread
+
+/// On-CPU nanoseconds of each thread of a process (`self` or a pid), with its name.
+fn thread_times(process: &str) -> Vec<(u32, String, u64)> {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{process}/task")) else {
+        return Vec::new();
+    };
+    dir.filter_map(|entry| {
+        let entry = entry.ok()?;
+        let tid = entry.file_name().to_str()?.parse::<u32>().ok()?;
+        let comm = std::fs::read_to_string(entry.path().join("comm")).ok()?;
+        let sched = std::fs::read_to_string(entry.path().join("schedstat")).ok()?;
+        let ns = sched.split_whitespace().next()?.parse::<u64>().ok()?;
+        Some((tid, comm.trim().to_string(), ns))
+    })
+    .collect()
+}
+
+/// Threads of sqlx's SQLite connections in this process (one per connection).
+fn sqlite_threads() -> HashSet<u32> {
+    thread_times("self")
+        .into_iter()
+        .filter(|(_, comm, _)| comm.starts_with("sqlx-sqlite"))
+        .map(|(tid, _, _)| tid)
+        .collect()
+}
+
+const CPU_GROUPS: [(&str, &str); 5] = [
+    (
+        "cpu_server_us",
+        "Switchboard runtime (API, engine, dispatcher, wrapper)",
+    ),
+    ("cpu_writer_us", "SQLite write connection thread"),
+    ("cpu_readers_us", "SQLite read connection threads"),
+    ("cpu_bench_us", "load client and upstream"),
+    ("cpu_other_us", "other threads"),
+];
+
+/// Thread times at the start of a phase: this process's and the server process's.
+struct CpuMark {
+    at: Instant,
+    /// Busy CPU time of the whole machine (`/proc/stat`), to tell other processes' load.
+    machine_busy: Duration,
+    server: Option<u32>,
+    before: BTreeMap<u32, u64>,
+    writer: Option<u32>,
+}
+
+/// Busy CPU time of the whole machine since boot, from `/proc/stat` (clock ticks of 10 ms).
+fn machine_busy() -> Duration {
+    let ticks: u64 = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().next()?.to_string();
+            // cpu user nice system idle iowait irq softirq steal ...: all but idle and iowait.
+            let fields: Vec<u64> = line
+                .split_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            Some(
+                fields
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| *i != 3 && *i != 4 && *i < 8)
+                    .map(|(_, v)| v)
+                    .sum(),
+            )
+        })
+        .unwrap_or(0);
+    Duration::from_millis(ticks * 10)
+}
+
+/// CPU time spent in a phase, by group of threads.
+struct CpuSpent {
+    /// Cores kept busy by other processes during the phase (noise).
+    foreign: f64,
+    wall: Duration,
+    by_group: BTreeMap<&'static str, Duration>,
+}
+
+impl CpuMark {
+    fn threads(server: Option<u32>) -> Vec<(u32, String, u64)> {
+        let mut all = thread_times("self");
+        if let Some(pid) = server {
+            all.extend(thread_times(&pid.to_string()));
+        }
+        all
+    }
+
+    /// `server`: the server process, if any; `writer`: the SQLite write connection's thread
+    /// (in the server process, or in this one for the store phase).
+    fn now(server: Option<u32>, writer: Option<u32>) -> CpuMark {
+        CpuMark {
+            at: Instant::now(),
+            machine_busy: machine_busy(),
+            server,
+            before: CpuMark::threads(server)
+                .into_iter()
+                .map(|(tid, _, ns)| (tid, ns))
+                .collect(),
+            writer,
+        }
+    }
+
+    /// Threads that ended during the phase are missed (tokio's idle blocking threads only).
+    fn since(&self) -> CpuSpent {
+        let mut by_group: BTreeMap<&'static str, Duration> = BTreeMap::new();
+        for (tid, comm, ns) in CpuMark::threads(self.server) {
+            let spent = ns.saturating_sub(self.before.get(&tid).copied().unwrap_or(0));
+            let group = if comm.starts_with("sb-worker") {
+                "cpu_server_us"
+            } else if comm.starts_with("sqlx-sqlite") {
+                if Some(tid) == self.writer {
+                    "cpu_writer_us"
+                } else {
+                    "cpu_readers_us"
+                }
+            } else if comm.starts_with("bench-worker") || tid == std::process::id() {
+                "cpu_bench_us"
+            } else {
+                "cpu_other_us"
+            };
+            *by_group.entry(group).or_default() += Duration::from_nanos(spent);
+        }
+        let wall = self.at.elapsed();
+        let ours: Duration = by_group.values().sum();
+        let busy = machine_busy().saturating_sub(self.machine_busy);
+        CpuSpent {
+            foreign: busy.saturating_sub(ours).as_secs_f64() / wall.as_secs_f64(),
+            wall,
+            by_group,
+        }
+    }
+}
+
+impl CpuSpent {
+    /// Microseconds of CPU per callout by group, their total, and the cores kept busy.
+    fn figures(&self, row: &mut Row) {
+        let n = row.n.max(1) as f64;
+        let mut total = Duration::ZERO;
+        for (group, _) in CPU_GROUPS {
+            let spent = self.by_group.get(group).copied().unwrap_or_default();
+            total += spent;
+            row.set(group, spent.as_secs_f64() * 1e6 / n);
+        }
+        row.set("cpu_total_us", total.as_secs_f64() * 1e6 / n)
+            .set("cores_busy", total.as_secs_f64() / self.wall.as_secs_f64())
+            .set("other_processes_cores", self.foreign);
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1204,13 +1711,23 @@ impl Results {
 
 fn summary(row: &Row) -> String {
     let v = |name: &str| row.values.get(name).copied().unwrap_or(f64::NAN);
-    let mut text = format!(
-        "{:>8.0}/s  p50 {:>7.1} ms  p99 {:>7.1} ms  rss {:>5.1} MB",
-        v("rate"),
-        v("p50_ms"),
-        v("p99_ms"),
-        v("peak_rss_mb")
-    );
+    let mut text = format!("{:>8.0}/s", v("rate"));
+    if let Some(r) = row.values.get("ratio_to_ceiling") {
+        text.push_str(&format!("  {r:.2} × ceiling"));
+    }
+    if row.values.get("p50_ms").is_some_and(|p| p.is_finite()) {
+        text.push_str(&format!(
+            "  p50 {:>7.1} ms  p99 {:>7.1} ms",
+            v("p50_ms"),
+            v("p99_ms")
+        ));
+    }
+    if let Some(rss) = row.values.get("peak_rss_mb") {
+        text.push_str(&format!("  rss {rss:>5.1} MB"));
+    }
+    if let Some(c) = row.values.get("cpu_total_us") {
+        text.push_str(&format!("  cpu {c:>5.0} µs/callout"));
+    }
     if let Some(c) = row.values.get("commits_per_callout") {
         text.push_str(&format!("  commits/callout {c:.3}"));
     }
@@ -1255,7 +1772,9 @@ fn fmt(value: Option<f64>, decimals: usize) -> String {
         Some(v) if v.is_finite() => {
             let text = format!("{v:.decimals$}");
             // Thousands separators for the integer part.
-            let (int, frac) = text.split_once('.').map_or((text.as_str(), ""), |(i, f)| (i, f));
+            let (int, frac) = text
+                .split_once('.')
+                .map_or((text.as_str(), ""), |(i, f)| (i, f));
             let (sign, digits) = int.strip_prefix('-').map_or(("", int), |d| ("-", d));
             let mut grouped = String::new();
             for (k, ch) in digits.chars().enumerate() {
@@ -1275,38 +1794,38 @@ fn fmt(value: Option<f64>, decimals: usize) -> String {
 }
 
 /// The table (Markdown), the target verdicts, and the JSON document.
-fn report(results: &Results, o: &Options) -> (String, Vec<String>, Value) {
+fn report(results: &Results, o: &Options) -> (String, String, Vec<String>, Value) {
     let mut table = String::from(
-        "| scenario | N | callouts/s | × ceiling | latency p50 / p99 (ms) | peak RSS (MB) | DB bytes/callout | commits/callout |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| scenario | N | callouts/s | × ceiling | latency p50 / p99 (ms) | mean in flight | peak RSS (MB) | DB bytes/callout: file + WAL | commits/callout |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     let mut rows_json = Vec::new();
     for key in &results.order {
-        let Some(rows) = results.runs.get(key) else { continue };
+        let Some(rows) = results.runs.get(key) else {
+            continue;
+        };
         let Some(first) = rows.first() else { continue };
         let m = |name: &str| results.median(key, name);
-        let latency = key.split('@').nth(1).unwrap_or("");
-        let ratio = if key.starts_with("ceiling") || key.starts_with("enqueue") {
-            None
-        } else {
-            match (m("rate"), results.median(&format!("ceiling@{latency}"), "rate")) {
-                (Some(r), Some(c)) if c > 0.0 => Some(r / c),
-                _ => None,
-            }
-        };
+        // The median of each run's ratio to the ceiling of the same run.
+        let ratio = m("ratio_to_ceiling");
         let label = match key.split_once('@') {
             Some((_, lat)) => format!("{} ({lat} upstream)", first.what),
             None => first.what.clone(),
         };
         table.push_str(&format!(
-            "| {label} | {} | {} | {} | {} / {} | {} | {} | {} |\n",
+            "| {label} | {} | {} | {} | {} / {} | {} | {} | {} | {} |\n",
             fmt(Some(first.n as f64), 0),
             fmt(m("rate"), 0),
             fmt(ratio, 2),
             fmt(m("p50_ms"), 1),
             fmt(m("p99_ms"), 1),
+            fmt(m("upstream_mean_inflight"), 1),
             fmt(m("peak_rss_mb"), 1),
-            fmt(m("db_bytes_per_callout"), 0),
+            match (m("db_file_bytes_per_callout"), m("db_bytes_per_callout")) {
+                (Some(file), Some(all)) =>
+                    format!("{} + {}", fmt(Some(file), 0), fmt(Some(all - file), 0)),
+                _ => "–".to_string(),
+            },
             fmt(m("commits_per_callout"), 3),
         ));
         let names: HashSet<&str> = rows.iter().flat_map(|r| r.values.keys().copied()).collect();
@@ -1314,7 +1833,10 @@ fn report(results: &Results, o: &Options) -> (String, Vec<String>, Value) {
         let mut sorted: Vec<&str> = names.into_iter().collect();
         sorted.sort_unstable();
         for name in sorted {
-            let all: Vec<f64> = rows.iter().filter_map(|r| r.values.get(name).copied()).collect();
+            let all: Vec<f64> = rows
+                .iter()
+                .filter_map(|r| r.values.get(name).copied())
+                .collect();
             medians.insert(
                 name.to_string(),
                 json!({
@@ -1325,9 +1847,6 @@ fn report(results: &Results, o: &Options) -> (String, Vec<String>, Value) {
                 }),
             );
         }
-        if let Some(r) = ratio {
-            medians.insert("ratio_to_ceiling".into(), json!(r));
-        }
         rows_json.push(json!({
             "scenario": key,
             "what": first.what,
@@ -1337,17 +1856,59 @@ fn report(results: &Results, o: &Options) -> (String, Vec<String>, Value) {
         }));
     }
 
+    let mut cpu = String::from(
+        "| scenario | Switchboard runtime | SQLite writer | SQLite readers | client + upstream | total | cores busy | other processes (cores) |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+    );
+    for key in &results.order {
+        let m = |name: &str| results.median(key, name);
+        cpu.push_str(&format!(
+            "| {key} | {} | {} | {} | {} | {} | {} | {} |\n",
+            fmt(m("cpu_server_us"), 0),
+            fmt(m("cpu_writer_us"), 0),
+            fmt(m("cpu_readers_us"), 0),
+            fmt(m("cpu_bench_us"), 0),
+            fmt(m("cpu_total_us"), 0),
+            fmt(m("cores_busy"), 2),
+            fmt(m("other_processes_cores"), 2),
+        ));
+    }
+    let noisy: Vec<&str> = results
+        .order
+        .iter()
+        .filter(|key| {
+            results.runs.get(*key).into_iter().flatten().any(|r| {
+                r.values
+                    .get("other_processes_cores")
+                    .is_some_and(|c| *c > 0.2)
+            })
+        })
+        .map(String::as_str)
+        .collect();
+    if !noisy.is_empty() {
+        cpu.push_str(&format!(
+            "\nwarning: other processes kept more than 0.2 cores busy during some runs of: {}; \
+             their figures are not clean\n",
+            noisy.join(", ")
+        ));
+    }
+
     let mut verdicts = Vec::new();
     let verdict = |met: bool| if met { "met" } else { "NOT met" };
     for &lat in &o.latencies {
-        let c = results.median(&format!("ceiling@{lat}ms"), "rate");
-        let s = results.median(&format!("single@{lat}ms"), "rate");
-        let b = results.median(&format!("batch@{lat}ms"), "rate");
-        let want = if lat >= 50 { Some(0.95) } else if lat == 0 { Some(0.25) } else { None };
-        if let (Some(c), Some(want)) = (c, want) {
-            for (name, rate) in [("single POSTs", s), ("batch POSTs", b)] {
-                if let Some(rate) = rate {
-                    let ratio = rate / c;
+        let ratio =
+            |scenario: &str| results.median(&format!("{scenario}@{lat}ms"), "ratio_to_ceiling");
+        let (s, b) = (ratio("single"), ratio("batch"));
+        let want = if lat >= 50 {
+            Some(0.95)
+        } else if lat == 0 {
+            Some(0.25)
+        } else {
+            None
+        };
+        if let Some(want) = want {
+            for (name, ratio) in [("single POSTs", s), ("batch POSTs", b)] {
+                if let Some(ratio) = ratio {
                     verdicts.push(format!(
                         "{lat} ms upstream, {name}: {ratio:.2} × ceiling (target ≥ {want}): {}",
                         verdict(ratio >= want)
@@ -1391,12 +1952,22 @@ fn report(results: &Results, o: &Options) -> (String, Vec<String>, Value) {
         "rows": rows_json,
         "targets": verdicts,
     });
-    (table, verdicts, document)
+    (table, cpu, verdicts, document)
 }
 
 // ---------------------------------------------------------------------------------------------
 
-async fn run(o: &Options) -> Result<(), String> {
+/// `row` with its ratio to the ceiling's rate.
+fn compared(mut row: Row, ceiling_rate: Option<f64>) -> Row {
+    if let (Some(c), Some(r)) = (ceiling_rate, row.values.get("rate").copied())
+        && c > 0.0
+    {
+        row.set("ratio_to_ceiling", r / c);
+    }
+    row
+}
+
+async fn run(o: &Options, rt: &Handle) -> Result<(), String> {
     let up = Upstream::start().await?;
     let mut results = Results {
         order: Vec::new(),
@@ -1409,17 +1980,23 @@ async fn run(o: &Options) -> Result<(), String> {
     for run in 1..=o.runs {
         println!("run {run} of {}", o.runs);
         for &lat in &o.latencies {
+            // Each Switchboard row of a run is compared with the ceiling of the same run, so
+            // that drift of a shared machine between runs does not skew the ratio.
+            let mut ceiling_rate = None;
             if o.runs_phase("ceiling") {
-                results.add(ceiling(&up, o.n, lat, o).await?);
+                let row = ceiling(&up, o.n, lat, o).await?;
+                ceiling_rate = row.values.get("rate").copied();
+                results.add(row);
             }
             let mut single_rate = None;
             if o.runs_phase("single") {
                 let row = end_to_end(&up, o.n, lat, Enqueue::Single, Start::Serve, o).await?;
                 single_rate = row.values.get("rate").copied();
-                results.add(row);
+                results.add(compared(row, ceiling_rate));
             }
             if o.runs_phase("batch") {
-                results.add(end_to_end(&up, o.n, lat, Enqueue::Batch, Start::Serve, o).await?);
+                let row = end_to_end(&up, o.n, lat, Enqueue::Batch, Start::Serve, o).await?;
+                results.add(compared(row, ceiling_rate));
             }
             if o.runs_phase("paced")
                 && let Some(rate) = single_rate
@@ -1427,23 +2004,32 @@ async fn run(o: &Options) -> Result<(), String> {
                 // Half the rate reached, for about as long as the single phase took.
                 let rate = rate / 2.0;
                 let n = (o.n / 2).max(1);
-                results.add(end_to_end(&up, n, lat, Enqueue::Paced(rate), Start::Serve, o).await?);
+                let row = end_to_end(&up, n, lat, Enqueue::Paced(rate), Start::Serve, o).await?;
+                results.add(compared(row, ceiling_rate));
             }
             if o.runs_phase("probe") {
-                results.add(end_to_end(&up, o.n, lat, Enqueue::Single, Start::Probed, o).await?);
+                let row = end_to_end(&up, o.n, lat, Enqueue::Single, Start::Probed, o).await?;
+                results.add(compared(row, ceiling_rate));
             }
         }
         if o.runs_phase("enqueue") {
             results.add(enqueue_only(&up, Enqueue::Single, Start::Serve, o).await?);
+        }
+        if o.runs_phase("enqueue-batch") {
             results.add(enqueue_only(&up, Enqueue::Batch, Start::Serve, o).await?);
-            if o.runs_phase("probe") {
-                results.add(enqueue_only(&up, Enqueue::Single, Start::Probed, o).await?);
+        }
+        if o.runs_phase("enqueue") && o.runs_phase("probe") {
+            results.add(enqueue_only(&up, Enqueue::Single, Start::Probed, o).await?);
+        }
+        if o.runs_phase("store") {
+            for row in store_only(rt, o.enqueue_n).await? {
+                results.add(row);
             }
         }
     }
     up.stop().await;
 
-    let (table, verdicts, document) = report(&results, o);
+    let (table, cpu, verdicts, document) = report(&results, o);
     println!();
     println!(
         "medians of {} run(s); latency: enqueue-to-completion (Switchboard end to end), request \
@@ -1452,6 +2038,14 @@ async fn run(o: &Options) -> Result<(), String> {
     );
     print!("{table}");
     println!();
+    println!(
+        "CPU time per callout (µs; the server process's threads and this process's; medians):"
+    );
+    print!("{cpu}");
+    println!();
+    if o.quick {
+        println!("quick run: too small and too short to judge the targets by");
+    }
     for v in &verdicts {
         println!("target: {v}");
     }
@@ -1465,6 +2059,10 @@ async fn run(o: &Options) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--child") {
+        return child_main(&args[2..]);
+    }
     let options = match Options::parse() {
         Ok(o) => o,
         Err(message) => {
@@ -1472,14 +2070,26 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-        Ok(rt) => rt,
-        Err(err) => {
-            eprintln!("error: no Tokio runtime: {err}");
+    // Switchboard gets a runtime of its own, as `switchboard serve` has (one worker per core);
+    // the load client and the upstream share the other. Their threads' names tell their CPU
+    // time apart.
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .map_err(|err| format!("no Tokio runtime: {err}"))
+    };
+    let (bench, server) = match (runtime("bench-worker"), runtime("sb-worker")) {
+        (Ok(b), Ok(s)) => (b, s),
+        (Err(message), _) | (_, Err(message)) => {
+            eprintln!("error: {message}");
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(&options)) {
+    let result = bench.block_on(run(&options, server.handle()));
+    server.shutdown_timeout(Duration::from_secs(5));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => {
             eprintln!("error: {message}");
