@@ -111,10 +111,7 @@ fn parse_request(
     if let Some(key) = &idempotency_key
         && (key.is_empty() || key.len() > 255 || !key.bytes().all(|b| (0x21..=0x7e).contains(&b)))
     {
-        return Err(ApiError::invalid(
-            "an idempotency key must be 1 to 255 visible ASCII characters (no spaces or control characters)",
-        )
-        .with_details(json!([{"pointer": "/idempotency_key", "message": "expected 1 to 255 visible ASCII characters"}])));
+        return Err(bad_idempotency_key());
     }
     Ok((
         CalloutRequest {
@@ -125,6 +122,14 @@ fn parse_request(
         },
         wait,
     ))
+}
+
+/// The answer to an idempotency key (body or header) that cannot be used.
+fn bad_idempotency_key() -> ApiError {
+    ApiError::invalid(
+        "an idempotency key must be 1 to 255 visible ASCII characters (no spaces or control characters)",
+    )
+    .with_details(json!([{"pointer": "/idempotency_key", "message": "expected 1 to 255 visible ASCII characters"}]))
 }
 
 fn refusal_error(refusal: Refusal) -> ApiError {
@@ -171,12 +176,12 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let header_key = match headers.get("idempotency-key") {
         None => None,
-        Some(value) => Some(value.to_str().map(str::to_string).map_err(|_| {
-            ApiError::invalid(
-                "an idempotency key must be 1 to 255 visible ASCII characters (no spaces or control characters)",
-            )
-            .with_details(json!([{"pointer": "/idempotency_key", "message": "expected 1 to 255 visible ASCII characters"}]))
-        })?),
+        Some(value) => Some(
+            value
+                .to_str()
+                .map(str::to_string)
+                .map_err(|_| bad_idempotency_key())?,
+        ),
     };
     let (request, wait) = parse_request(body, header_key)?;
     let mut answers = state.engine.enqueue(vec![request]).await?;
