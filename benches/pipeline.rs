@@ -63,8 +63,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use serde_json::{Value, json};
-use switchboard::controller::{self, AppState, CallerAuth};
-use switchboard::engine::{Engine, EngineConfig};
+use switchboard::controller::CallerAuth;
 use switchboard::metadata::Loader;
 use switchboard::queue::{
     Attempt, Callout, Claimed, Enqueued, Finish, Finished, ListQuery, Millis, NewCallout, Next,
@@ -730,12 +729,7 @@ fn child_main(args: &[String]) -> ExitCode {
 
 enum Running {
     Served(Server),
-    Probed {
-        engine: Engine,
-        stop: CancellationToken,
-        http: JoinHandle<std::io::Result<()>>,
-        probe: Arc<Probe>,
-    },
+    Probed { server: Server, probe: Arc<Probe> },
 }
 
 async fn child(meta: &Path, db: &Path, dispatch: bool, how: Start) -> Result<(), String> {
@@ -755,49 +749,18 @@ async fn child(meta: &Path, db: &Path, dispatch: bool, how: Start) -> Result<(),
             (server.addr, Running::Served(server))
         }
         Start::Probed => {
-            // What `server::start` does, with the store kept to read its commits.
+            // The serve path on a store wrapped to count its commits.
             let store = Arc::new(
                 SqliteStore::open(&db_url)
                     .await
                     .map_err(|e| format!("the store does not open: {e}"))?,
             );
             let probe = Arc::new(Probe::new(store));
-            let engine_config = EngineConfig {
-                metadata_dir: config.metadata_dir.clone(),
-                max_concurrent_callouts: config.max_concurrent_callouts,
-                shutdown_grace: config.shutdown_grace,
-                dispatch: config.dispatch,
-                ..EngineConfig::default()
-            };
             let shared: Arc<dyn Store> = probe.clone();
-            let engine = Engine::start(engine_config, shared, Loader::new())
+            let server = server::start_with_store(config, shared, Loader::new())
                 .await
-                .map_err(|e| format!("the engine does not start: {e}"))?;
-            let listener = tokio::net::TcpListener::bind(config.listen)
-                .await
-                .map_err(|e| format!("the API cannot listen: {e}"))?;
-            let addr = listener
-                .local_addr()
-                .map_err(|e| format!("the API has no address: {e}"))?;
-            let state = AppState {
-                engine: engine.clone(),
-                auth: config.auth.clone(),
-                body_limit: config.body_limit,
-            };
-            let stop = CancellationToken::new();
-            let stopped = stop.clone();
-            let http = tokio::spawn(controller::serve(listener, state, async move {
-                stopped.cancelled().await
-            }));
-            (
-                addr,
-                Running::Probed {
-                    engine,
-                    stop,
-                    http,
-                    probe,
-                },
-            )
+                .map_err(|e| format!("the server does not start: {e}"))?;
+            (server.addr, Running::Probed { server, probe })
         }
     };
     let writer_tid = sqlite_threads().difference(&sqlite_before).min().copied();
@@ -807,7 +770,7 @@ async fn child(meta: &Path, db: &Path, dispatch: bool, how: Start) -> Result<(),
     );
     let store = match &running {
         Running::Served(server) => server.engine.store().clone(),
-        Running::Probed { engine, .. } => engine.store().clone(),
+        Running::Probed { server, .. } => server.engine.store().clone(),
     };
     // Commands from stdin, read by a thread (tokio's stdin needs a feature the crate does not
     // enable); the channel closes when stdin does.
@@ -846,13 +809,7 @@ async fn child(meta: &Path, db: &Path, dispatch: bool, how: Start) -> Result<(),
     }
     match running {
         Running::Served(server) => server.stop().await,
-        Running::Probed {
-            engine, stop, http, ..
-        } => {
-            stop.cancel();
-            let _ = http.await;
-            engine.shutdown().await;
-        }
+        Running::Probed { server, .. } => server.stop().await,
     }
     println!("{}", json!({ "stopped": true }));
     Ok(())

@@ -109,7 +109,18 @@ pub async fn start(config: ServerConfig, loader: Loader) -> Result<Server, Serve
             url: config.db_url.clone(),
             source,
         })?;
-    let store: Arc<dyn Store> = Arc::new(store);
+    start_with_store(config, Arc::new(store), loader).await
+}
+
+/// [`start`] on a store already opened (a benchmark wraps the store to count its commits).
+///
+/// # Errors
+/// The metadata or the address cannot be used.
+pub async fn start_with_store(
+    config: ServerConfig,
+    store: Arc<dyn Store>,
+    loader: Loader,
+) -> Result<Server, ServeError> {
     let engine_config = EngineConfig {
         metadata_dir: config.metadata_dir.clone(),
         max_concurrent_callouts: config.max_concurrent_callouts,

@@ -35,6 +35,18 @@ functions:
         n: { type: integer }
 "#;
 
+/// A temp folder holding `metadata/sink.yaml` pointed at `upstream`, the metadata folder, and
+/// the URL of a database file beside it.
+fn sink_folder(upstream: &Upstream) -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().expect("temp folder");
+    let metadata = dir.path().join("metadata");
+    std::fs::create_dir(&metadata).expect("metadata folder");
+    std::fs::write(metadata.join("sink.yaml"), pointed(SINK, &upstream.url()))
+        .expect("write metadata");
+    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
+    (dir, metadata, db)
+}
+
 /// A `switchboard serve` process, killed (SIGKILL) when dropped so that a failing test
 /// leaves nothing behind.
 struct Serve {
@@ -143,12 +155,7 @@ async fn sigkill_mid_run_loses_nothing_and_duplicates_at_most_the_calls_in_fligh
     let upstream =
         Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(20)))
             .await;
-    let dir = tempfile::tempdir().expect("temp folder");
-    let metadata = dir.path().join("metadata");
-    std::fs::create_dir(&metadata).expect("metadata folder");
-    std::fs::write(metadata.join("sink.yaml"), pointed(SINK, &upstream.url()))
-        .expect("write metadata");
-    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
+    let (dir, metadata, db) = sink_folder(&upstream);
 
     let mut first = Serve::start(&metadata, &db, dir.path().join("first.log")).await;
     let mut ids = Vec::with_capacity(CALLOUTS);
@@ -230,12 +237,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
     let upstream =
         Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(400)))
             .await;
-    let dir = tempfile::tempdir().expect("temp folder");
-    let metadata = dir.path().join("metadata");
-    std::fs::create_dir(&metadata).expect("metadata folder");
-    std::fs::write(metadata.join("sink.yaml"), pointed(SINK, &upstream.url()))
-        .expect("write metadata");
-    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
+    let (dir, metadata, db) = sink_folder(&upstream);
 
     let mut first = Serve::start(&metadata, &db, dir.path().join("first.log")).await;
     let items: Vec<Value> = (0..60)
@@ -300,12 +302,8 @@ async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_metadata_and_keeps_the_old_version_when_it_is_invalid() {
     let upstream = Upstream::ok().await;
-    let dir = tempfile::tempdir().expect("temp folder");
-    let metadata = dir.path().join("metadata");
-    std::fs::create_dir(&metadata).expect("metadata folder");
+    let (dir, metadata, db) = sink_folder(&upstream);
     let sink = pointed(SINK, &upstream.url());
-    std::fs::write(metadata.join("sink.yaml"), &sink).expect("write metadata");
-    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
     let serve = Serve::start(&metadata, &db, dir.path().join("serve.log")).await;
 
     let names = |body: &Value| -> Vec<String> {
