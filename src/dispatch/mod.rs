@@ -1,14 +1,17 @@
 //! The dispatcher: claims ready callouts and runs them within every limit.
 //!
 //! Invariants: no more than `max_concurrent_callouts` calls are ever in flight (a global permit
-//! is taken before claiming and held while calling and recording; a callout that must wait for
-//! its connection's `concurrency`, `rate`/`burst` or a pause lets its permit go while it waits,
-//! so one throttled connection cannot hold the cap from the others, and takes one again before
-//! calling); a connection with a callout already waiting is not claimed from again until it
-//! moves on; a `Retry-After` pauses the whole connection (in memory, and in the store for its
-//! queued callouts); a claim that waits long has its lease extended, and is dropped if the
-//! lease was lost. Every claimed callout ends recorded (succeeded, retrying, failed),
-//! released at shutdown, or — if this process dies — reclaimed after its lease.
+//! is held while calling, from just before the wrapper runs until it answers); at most twice
+//! that many callouts are claimed and not yet recorded (a claim slot is held from the claim to
+//! the result's commit), so the next callouts wait claimed and ready while results are being
+//! committed, and a freed permit starts a call at once instead of waiting for two commits. A
+//! callout that must wait for its connection's `concurrency`, `rate`/`burst` or a pause holds no
+//! permit while it waits, so one throttled connection cannot hold the cap from the others; a
+//! connection with a callout already waiting is not claimed from again until it moves on; a
+//! `Retry-After` pauses the whole connection (in memory, and in the store for its queued
+//! callouts); a claim that waits long has its lease extended, and is dropped if the lease was
+//! lost. Every claimed callout ends recorded (succeeded, retrying, failed), released at
+//! shutdown, or — if this process dies — reclaimed after its lease.
 
 mod limits;
 pub mod retry;
@@ -32,7 +35,9 @@ type Active = Arc<Mutex<HashMap<String, u32>>>;
 
 /// The dispatcher loop. Returns after shutdown, once in-flight calls are done or released.
 pub(crate) async fn run(inner: Arc<Inner>) {
-    let permits = Arc::new(Semaphore::new(inner.config.max_concurrent_callouts.max(1)));
+    let cap = inner.config.max_concurrent_callouts.max(1);
+    let permits = Arc::new(Semaphore::new(cap));
+    let slots = Arc::new(Semaphore::new(cap.saturating_mul(2)));
     let active: Active = Arc::new(Mutex::new(HashMap::new()));
     let mut running: JoinSet<()> = JoinSet::new();
     loop {
@@ -46,14 +51,14 @@ pub(crate) async fn run(inner: Arc<Inner>) {
         }
         let first = tokio::select! {
             _ = inner.shutdown.cancelled() => break,
-            permit = permits.clone().acquire_owned() => match permit {
-                Ok(p) => p,
+            slot = slots.clone().acquire_owned() => match slot {
+                Ok(slot) => slot,
                 Err(_) => break,
             },
         };
         let mut held = vec![first];
         while held.len() < 256 {
-            match permits.clone().try_acquire_owned() {
+            match slots.clone().try_acquire_owned() {
                 Ok(p) => held.push(p),
                 Err(_) => break,
             }
@@ -82,20 +87,23 @@ pub(crate) async fn run(inner: Arc<Inner>) {
             continue;
         }
         for claim in claimed {
-            let Some(permit) = held.pop() else { break };
+            let Some(slot) = held.pop() else { break };
             if let Ok(mut map) = active.lock() {
                 map.insert(claim.callout.id.clone(), claim.attempt);
             }
             running.spawn(run_one(
                 inner.clone(),
                 claim,
-                permit,
-                permits.clone(),
+                slot,
+                Gates {
+                    permits: permits.clone(),
+                    slots: slots.clone(),
+                },
                 active.clone(),
                 lease,
             ));
         }
-        // Unused permits go back when `held` drops.
+        // Unused slots go back when `held` drops.
     }
     // Shutdown: let in-flight calls finish within the grace period, then release the rest.
     let grace = tokio::time::sleep(inner.config.shutdown_grace);
@@ -138,18 +146,25 @@ fn lease_for(inner: &Inner) -> Duration {
     inner.config.min_lease.max(longest * 2)
 }
 
-/// Runs one claimed callout to its recorded end.
+/// The dispatcher's two bounds: `permits` on calls in flight (the cap), `slots` on callouts
+/// claimed and not yet recorded (twice the cap).
+struct Gates {
+    permits: Arc<Semaphore>,
+    slots: Arc<Semaphore>,
+}
+
+/// Runs one claimed callout to its recorded end. `slot` is its claim slot (from `slots`), held
+/// to the end but while waiting for the connection; the global permit is taken from `permits`
+/// for the call alone.
 async fn run_one(
     inner: Arc<Inner>,
     claim: Claimed,
-    permit: OwnedSemaphorePermit,
-    permits: Arc<Semaphore>,
+    slot: OwnedSemaphorePermit,
+    Gates { permits, slots }: Gates,
     active: Active,
     lease: Duration,
 ) {
-    // The global permit: held while calling and recording; let go while waiting for the
-    // connection's own limits.
-    let mut permit = Some(permit);
+    let mut slot = Some(slot);
     let callout = &claim.callout;
     let version = inner.current.load_full();
     let started = now_millis();
@@ -173,38 +188,52 @@ async fn run_one(
         Some((conn, function)) => {
             let state = inner.limits.state_for(conn);
             let mut turn = state.enter();
-            // Waiting for the connection must not hold the global cap from other connections;
-            // the lease is extended while it waits, and a shutdown ends the wait (the claim is
-            // released, the call never made).
-            drop(permit.take());
+            // Waiting for the connection holds no permit and no claim slot, so it cannot keep
+            // the cap from other connections; the lease is extended while it waits, and a
+            // shutdown ends the wait (the claim is released, the call never made).
             {
                 let ready = turn.ready();
                 tokio::pin!(ready);
-                let extend_every = (lease / 3).max(Duration::from_millis(10));
-                loop {
-                    tokio::select! {
-                        _ = &mut ready => break,
-                        _ = inner.shutdown.cancelled() => return,
-                        _ = tokio::time::sleep(extend_every) => {
-                            let until = now_millis() + lease.as_millis() as i64;
-                            if let Ok(Finished::Fenced) =
-                                inner.store.extend_lease(&callout.id, claim.attempt, until).await
-                            {
-                                // The claim was lost (a stall outlived the lease): let it go.
-                                forget(&active, &callout.id, claim.attempt);
-                                return;
+                let at_once = tokio::select! {
+                    biased;
+                    _ = &mut ready => true,
+                    _ = std::future::ready(()) => false,
+                };
+                if !at_once {
+                    drop(slot.take());
+                    let extend_every = (lease / 3).max(Duration::from_millis(10));
+                    loop {
+                        tokio::select! {
+                            _ = &mut ready => break,
+                            _ = inner.shutdown.cancelled() => return,
+                            _ = tokio::time::sleep(extend_every) => {
+                                let until = now_millis() + lease.as_millis() as i64;
+                                if let Ok(Finished::Fenced) =
+                                    inner.store.extend_lease(&callout.id, claim.attempt, until).await
+                                {
+                                    // The claim was lost (a stall outlived the lease): let it go.
+                                    forget(&active, &callout.id, claim.attempt);
+                                    return;
+                                }
                             }
                         }
                     }
+                    slot = tokio::select! {
+                        taken = slots.acquire_owned() => match taken {
+                            Ok(taken) => Some(taken),
+                            Err(_) => return,
+                        },
+                        _ = inner.shutdown.cancelled() => return,
+                    };
                 }
             }
-            tokio::select! {
-                p = permits.clone().acquire_owned() => match p {
-                    Ok(p) => permit = Some(p),
+            let permit = tokio::select! {
+                p = permits.acquire_owned() => match p {
+                    Ok(p) => p,
                     Err(_) => return,
                 },
                 _ = inner.shutdown.cancelled() => return,
-            }
+            };
             if inner.shutdown.is_cancelled() {
                 return;
             }
@@ -273,6 +302,8 @@ async fn run_one(
                 }
             };
             let duration_ms = begin.elapsed().as_millis() as u64;
+            // The call is over: the next one may start while this result is recorded.
+            drop(permit);
             drop(guard);
             drop(turn);
             if let Err(err) = &outcome.result
@@ -359,7 +390,7 @@ async fn run_one(
         }
     }
     forget(&active, &callout.id, claim.attempt);
-    drop(permit);
+    drop(slot);
     let _ = inner.finished.send(callout.id.clone());
 }
 

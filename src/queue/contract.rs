@@ -77,7 +77,7 @@ pub(crate) fn callout(id: &str, connection: &str, run_at: Millis) -> NewCallout 
     }
 }
 
-fn keyed(id: &str, key: &str, hash: &str) -> NewCallout {
+pub(crate) fn keyed(id: &str, key: &str, hash: &str) -> NewCallout {
     NewCallout {
         idempotency_key: Some(key.to_owned()),
         request_hash: hash.to_owned(),
@@ -132,7 +132,7 @@ fn result(status: &str) -> Value {
 }
 
 /// Finishes `claim` at `now` with `next`.
-fn finish(claim: &Claimed, now: Millis, next: Next) -> Finish {
+pub(crate) fn finish(claim: &Claimed, now: Millis, next: Next) -> Finish {
     let (http_status, error, status) = match next {
         Next::Succeeded => (200, None, "succeeded"),
         Next::Retry { .. } => (503, Some("upstream is unavailable"), "retrying"),

@@ -26,6 +26,7 @@
 //!   [`StoreError::Unavailable`]; a writer that is gone makes calls return
 //!   [`StoreError::Closed`].
 
+use std::collections::{HashMap, HashSet};
 use std::fmt::Display;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -74,7 +75,10 @@ mod sql {
     pub const FIND_KEY: &str = include_str!("sqlite/sql/find_key.sql");
     pub const INSERT: &str = include_str!("sqlite/sql/insert.sql");
     pub const CLAIM_READY: &str = include_str!("sqlite/sql/claim_ready.sql");
-    pub const CLAIM_ONE: &str = include_str!("sqlite/sql/claim_one.sql");
+    pub const CLAIM_MANY: &str = include_str!("sqlite/sql/claim_many.sql");
+    pub const INSERT_MANY: &str = include_str!("sqlite/sql/insert_many.sql");
+    pub const FINISH_MANY: &str = include_str!("sqlite/sql/finish_many.sql");
+    pub const JOURNAL_MANY: &str = include_str!("sqlite/sql/journal_many.sql");
     pub const FINISH: &str = include_str!("sqlite/sql/finish.sql");
     pub const JOURNAL: &str = include_str!("sqlite/sql/journal.sql");
     pub const EXTEND_LEASE: &str = include_str!("sqlite/sql/extend_lease.sql");
@@ -148,6 +152,11 @@ impl SqliteStore {
     /// Cancel safe: dropping the future closes whatever was opened. A migration interrupted
     /// halfway is rolled back by SQLite and runs again on the next open.
     pub async fn open(url: &str) -> Result<SqliteStore, StoreError> {
+        SqliteStore::open_with(url, true).await
+    }
+
+    /// [`SqliteStore::open`], with the writer's merged statements on or off.
+    async fn open_with(url: &str, merge: bool) -> Result<SqliteStore, StoreError> {
         if url.contains(":memory:") || url.contains("mode=memory") {
             return Err(StoreError::Failed(format!(
                 "cannot open {url:?}: an in-memory database cannot be shared by the writer and \
@@ -188,6 +197,8 @@ impl SqliteStore {
             Writer {
                 conn: writer,
                 commits: Arc::clone(&commits),
+                merge,
+                fallbacks: 0,
             }
             .run(queue),
         );
@@ -634,6 +645,11 @@ struct Broken {
 struct Writer {
     conn: SqliteConnection,
     commits: Arc<AtomicU64>,
+    /// Whether a group first runs as merged statements ([`Writer::try_merged`]); only tests
+    /// turn it off, to run the contract op by op.
+    merge: bool,
+    /// Groups that failed merged and ran op by op.
+    fallbacks: u64,
 }
 
 impl Writer {
@@ -657,6 +673,24 @@ impl Writer {
     /// it answers its error and the rest of the group runs again, once, without it. A group
     /// that still cannot commit answers that failure to every operation in it.
     async fn commit_group(&mut self, mut group: Vec<Op>) {
+        if self.merge {
+            match self.try_merged(&mut group).await {
+                Ok(()) => {
+                    self.commits.fetch_add(1, Ordering::Relaxed);
+                    for op in group {
+                        op.answer(None);
+                    }
+                    return;
+                }
+                Err(err) => {
+                    if let Err(err) = execute(&mut self.conn, "ROLLBACK").await {
+                        tracing::debug!(error = %err, "rolling back a failed merged group");
+                    }
+                    self.fallbacks += 1;
+                    tracing::debug!(error = %err, size = group.len(), "a merged group failed; running it op by op");
+                }
+            }
+        }
         let mut retried = false;
         loop {
             match self.try_group(&mut group).await {
@@ -696,6 +730,69 @@ impl Writer {
                 }
             }
         }
+    }
+
+    /// The fast way to run `group`: in one transaction, every enqueue of the group as one
+    /// `INSERT`, every result as one `UPDATE` and one journal `INSERT`, then the other
+    /// operations one by one, and commit — a few statements a group instead of a few a
+    /// callout, and no savepoints. Any failure (rare: a full disk, a duplicate id, a row that
+    /// cannot be read) fails the whole attempt; the caller rolls back and runs the group op by
+    /// op ([`Writer::try_group`]), which isolates the failure. Operations in one group are
+    /// concurrent (none waits for another's answer), so running the enqueues, then the
+    /// results, then the rest is one of the orders they could have run in.
+    async fn try_merged(&mut self, group: &mut [Op]) -> Result<(), StoreError> {
+        let conn = &mut self.conn;
+        execute(conn, "BEGIN IMMEDIATE")
+            .await
+            .map_err(|err| store_error("begin a write transaction", err))?;
+
+        let batches: Vec<&[NewCallout]> = group
+            .iter()
+            .filter_map(|op| match op {
+                Op::Enqueue(job) => Some(job.request.as_slice()),
+                _ => None,
+            })
+            .collect();
+        if !batches.is_empty() {
+            let answers = enqueue_merged(conn, &batches).await?;
+            let jobs = group.iter_mut().filter_map(|op| match op {
+                Op::Enqueue(job) => Some(job),
+                _ => None,
+            });
+            for (job, answer) in jobs.zip(answers) {
+                job.result = Some(Ok(answer));
+            }
+        }
+
+        let batches: Vec<&[Finish]> = group
+            .iter()
+            .filter_map(|op| match op {
+                Op::Finish(job) => Some(job.request.as_slice()),
+                _ => None,
+            })
+            .collect();
+        if !batches.is_empty() {
+            let answers = finish_merged(conn, &batches).await?;
+            let jobs = group.iter_mut().filter_map(|op| match op {
+                Op::Finish(job) => Some(job),
+                _ => None,
+            });
+            for (job, answer) in jobs.zip(answers) {
+                job.result = Some(Ok(answer));
+            }
+        }
+
+        for op in group.iter_mut() {
+            if matches!(op, Op::Enqueue(_) | Op::Finish(_)) {
+                continue;
+            }
+            if let Some(failure) = op.run(conn).await {
+                return Err(failure);
+            }
+        }
+        execute(conn, "COMMIT")
+            .await
+            .map_err(|err| store_error("commit a write group", err))
     }
 
     /// Runs every operation of `group` in one transaction, each under its own savepoint, and
@@ -751,23 +848,11 @@ async fn enqueue(
 ) -> Result<Vec<Enqueued>, StoreError> {
     let mut done = Vec::with_capacity(batch.len());
     for item in batch {
-        if let Some(key) = &item.idempotency_key {
-            let found = sqlx::query(sql::FIND_KEY)
-                .bind(key)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(|err| store_error("look up an idempotency key", err))?;
-            if let Some(row) = found {
-                let existing = decode_callout(&row)?;
-                done.push(if existing.request_hash == item.request_hash {
-                    Enqueued::Existing(existing)
-                } else {
-                    Enqueued::Conflict {
-                        existing_id: existing.id,
-                    }
-                });
-                continue;
-            }
+        if let Some(key) = &item.idempotency_key
+            && let Some(found) = find_key(conn, key, item).await?
+        {
+            done.push(found);
+            continue;
         }
         let input = serde_json::to_string(&item.input).map_err(|err| {
             StoreError::Failed(format!("enqueue callout {}: input: {err}", item.id))
@@ -784,24 +869,120 @@ async fn enqueue(
             .execute(&mut *conn)
             .await
             .map_err(|err| store_error(format_args!("enqueue callout {}", item.id), err))?;
-        done.push(Enqueued::Created(Callout {
-            id: item.id.clone(),
-            function: item.function.clone(),
-            connection: item.connection.clone(),
-            status: Status::Queued,
-            input: item.input.clone(),
-            attempts: 0,
-            series_attempts: 0,
-            series_started_at: item.run_at,
-            created_at: item.now,
-            updated_at: item.now,
-            next_attempt_at: Some(item.run_at),
-            idempotency_key: item.idempotency_key.clone(),
-            request_hash: item.request_hash.clone(),
-            result: None,
-        }));
+        done.push(Enqueued::Created(created(item)));
     }
     Ok(done)
+}
+
+/// The enqueues of a whole group in one statement: see [`Writer::try_merged`]. Answers each
+/// batch as [`enqueue`] would have, had the batches run one after the other in this order.
+async fn enqueue_merged(
+    conn: &mut SqliteConnection,
+    batches: &[&[NewCallout]],
+) -> Result<Vec<Vec<Enqueued>>, StoreError> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: &'a str,
+        function: &'a str,
+        connection: &'a str,
+        input: String,
+        key: Option<&'a str>,
+        hash: &'a str,
+        now: Millis,
+        run_at: Millis,
+    }
+    let items = || batches.iter().flat_map(|batch| batch.iter());
+    let rows = items()
+        .map(|item| {
+            let input = serde_json::to_string(&item.input).map_err(|err| {
+                StoreError::Failed(format!("enqueue callout {}: input: {err}", item.id))
+            })?;
+            Ok(Row {
+                id: &item.id,
+                function: &item.function,
+                connection: &item.connection,
+                input,
+                key: item.idempotency_key.as_deref(),
+                hash: &item.request_hash,
+                now: item.now,
+                run_at: item.run_at,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let total = rows.len();
+    let rows = serde_json::to_string(&rows)
+        .map_err(|err| StoreError::Failed(format!("enqueue {total} callouts: {err}")))?;
+    let inserted: HashSet<String> = sqlx::query_scalar(sql::INSERT_MANY)
+        .bind(rows)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|err| store_error(format_args!("enqueue {total} callouts"), err))?
+        .into_iter()
+        .collect();
+    let mut answers = Vec::with_capacity(batches.len());
+    for batch in batches {
+        let mut done = Vec::with_capacity(batch.len());
+        for item in batch.iter() {
+            if inserted.contains(&item.id) {
+                done.push(Enqueued::Created(created(item)));
+                continue;
+            }
+            // Left out: its key was taken, before this group or earlier in it.
+            let found = match &item.idempotency_key {
+                Some(key) => find_key(conn, key, item).await?,
+                None => None,
+            };
+            done.push(found.ok_or_else(|| {
+                StoreError::Failed(format!("enqueue callout {}: it was not stored", item.id))
+            })?);
+        }
+        answers.push(done);
+    }
+    Ok(answers)
+}
+
+/// The callout that holds idempotency key `key`, as the answer to enqueueing `item` with it.
+async fn find_key(
+    conn: &mut SqliteConnection,
+    key: &str,
+    item: &NewCallout,
+) -> Result<Option<Enqueued>, StoreError> {
+    let found = sqlx::query(sql::FIND_KEY)
+        .bind(key)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|err| store_error("look up an idempotency key", err))?;
+    let Some(row) = found else {
+        return Ok(None);
+    };
+    let existing = decode_callout(&row)?;
+    Ok(Some(if existing.request_hash == item.request_hash {
+        Enqueued::Existing(existing)
+    } else {
+        Enqueued::Conflict {
+            existing_id: existing.id,
+        }
+    }))
+}
+
+/// The callout as `item` inserts it.
+fn created(item: &NewCallout) -> Callout {
+    Callout {
+        id: item.id.clone(),
+        function: item.function.clone(),
+        connection: item.connection.clone(),
+        status: Status::Queued,
+        input: item.input.clone(),
+        attempts: 0,
+        series_attempts: 0,
+        series_started_at: item.run_at,
+        created_at: item.now,
+        updated_at: item.now,
+        next_attempt_at: Some(item.run_at),
+        idempotency_key: item.idempotency_key.clone(),
+        request_hash: item.request_hash.clone(),
+        result: None,
+    }
 }
 
 // TODO(perf): ready callouts of skipped connections are walked past, so a long skip list
@@ -823,24 +1004,35 @@ async fn claim(
         .await
         .map_err(|err| store_error("find ready callouts", err))?;
     let lease_expires_at = now.saturating_add(i64::try_from(lease.as_millis()).unwrap_or(i64::MAX));
-    let mut claimed = Vec::with_capacity(ids.len());
-    for id in ids {
-        let row = sqlx::query(sql::CLAIM_ONE)
-            .bind(&id)
-            .bind(now)
-            .bind(lease_expires_at)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(|err| store_error(format_args!("claim callout {id}"), err))?;
-        if let Some(row) = row {
-            let callout = decode_callout(&row)?;
-            claimed.push(Claimed {
+    if ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let list = serde_json::to_string(&ids)
+        .map_err(|err| StoreError::Failed(format!("claim callouts: ids: {err}")))?;
+    let rows = sqlx::query(sql::CLAIM_MANY)
+        .bind(list)
+        .bind(now)
+        .bind(lease_expires_at)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|err| store_error("claim callouts", err))?;
+    let mut claimed = rows
+        .iter()
+        .map(|row| {
+            decode_callout(row).map(|callout| Claimed {
                 attempt: callout.attempts,
                 callout,
                 lease_expires_at,
-            });
-        }
-    }
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    // In the order the ready index gave (RETURNING has none of its own).
+    let order: HashMap<&str, usize> = ids
+        .iter()
+        .enumerate()
+        .map(|(index, id)| (id.as_str(), index))
+        .collect();
+    claimed.sort_by_key(|claim| order.get(claim.callout.id.as_str()).copied());
     Ok(claimed)
 }
 
@@ -868,20 +1060,10 @@ async fn finish(
     conn: &mut SqliteConnection,
     batch: &[Finish],
 ) -> Result<Vec<Finished>, StoreError> {
-    // Validate the whole batch before writing any of it.
-    if let Some(bad) = batch.iter().find(|f| f.record.attempt != f.attempt) {
-        return Err(StoreError::Failed(format!(
-            "finish callout {}: the journal record is for attempt {} but the claim is attempt {}",
-            bad.id, bad.record.attempt, bad.attempt
-        )));
-    }
+    check_finishes(batch)?;
     let mut done = Vec::with_capacity(batch.len());
     for item in batch {
-        let (status, next_attempt_at) = match item.next {
-            Next::Succeeded => (Status::Succeeded, None),
-            Next::Retry { at } => (Status::Retrying, Some(at)),
-            Next::Failed => (Status::Failed, None),
-        };
+        let (status, next_attempt_at) = after(&item.next);
         let result = serde_json::to_string(&item.result).map_err(|err| {
             StoreError::Failed(format!("finish callout {}: result: {err}", item.id))
         })?;
@@ -921,6 +1103,143 @@ async fn finish(
         done.push(Finished::Recorded);
     }
     Ok(done)
+}
+
+/// Validates a batch of results before any of it is written.
+fn check_finishes(batch: &[Finish]) -> Result<(), StoreError> {
+    match batch.iter().find(|f| f.record.attempt != f.attempt) {
+        Some(bad) => Err(StoreError::Failed(format!(
+            "finish callout {}: the journal record is for attempt {} but the claim is attempt {}",
+            bad.id, bad.record.attempt, bad.attempt
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// The status a result leaves its callout in, and when it runs next.
+fn after(next: &Next) -> (Status, Option<Millis>) {
+    match *next {
+        Next::Succeeded => (Status::Succeeded, None),
+        Next::Retry { at } => (Status::Retrying, Some(at)),
+        Next::Failed => (Status::Failed, None),
+    }
+}
+
+/// The results of a whole group in two statements (the callouts, then the journal): see
+/// [`Writer::try_merged`]. Answers each batch as [`finish`] would have.
+///
+/// # Errors
+/// Besides the database's, [`StoreError::Failed`] when a callout has two results in the
+/// group: only running the batches one after the other says which one counts.
+async fn finish_merged(
+    conn: &mut SqliteConnection,
+    batches: &[&[Finish]],
+) -> Result<Vec<Vec<Finished>>, StoreError> {
+    #[derive(serde::Serialize)]
+    struct Row<'a> {
+        id: &'a str,
+        attempt: u32,
+        now: Millis,
+        status: &'static str,
+        next: Option<Millis>,
+        result: String,
+    }
+    #[derive(serde::Serialize)]
+    struct JournalRow<'a> {
+        id: &'a str,
+        attempt: u32,
+        series: i64,
+        started_at: Millis,
+        duration_ms: i64,
+        http_status: Option<u16>,
+        error_kind: Option<&'a str>,
+        error_message: Option<&'a str>,
+        response_bytes: i64,
+    }
+    let items = || batches.iter().flat_map(|batch| batch.iter());
+    let mut ids = HashSet::new();
+    let mut rows = Vec::new();
+    for batch in batches {
+        check_finishes(batch)?;
+    }
+    for item in items() {
+        if !ids.insert(item.id.as_str()) {
+            return Err(StoreError::Failed(format!(
+                "finish callout {}: two results in one group",
+                item.id
+            )));
+        }
+        let (status, next) = after(&item.next);
+        let result = serde_json::to_string(&item.result).map_err(|err| {
+            StoreError::Failed(format!("finish callout {}: result: {err}", item.id))
+        })?;
+        rows.push(Row {
+            id: &item.id,
+            attempt: item.attempt,
+            now: item.now,
+            status: status.as_str(),
+            next,
+            result,
+        });
+    }
+    let total = rows.len();
+    let rows = serde_json::to_string(&rows)
+        .map_err(|err| StoreError::Failed(format!("finish {total} callouts: {err}")))?;
+    let changed = sqlx::query(sql::FINISH_MANY)
+        .bind(rows)
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(|err| store_error(format_args!("finish {total} callouts"), err))?;
+    let mut series = HashMap::with_capacity(changed.len());
+    for row in &changed {
+        let id: String = row
+            .try_get("id")
+            .map_err(|err| store_error(format_args!("finish {total} callouts"), err))?;
+        let number: i64 = column(row, &id, "series")?;
+        series.insert(id, number);
+    }
+    let journal: Vec<JournalRow> = items()
+        .filter_map(|item| {
+            let series = *series.get(&item.id)?;
+            let record = &item.record;
+            Some(JournalRow {
+                id: &item.id,
+                attempt: item.attempt,
+                series,
+                started_at: record.started_at,
+                duration_ms: saturate(record.duration_ms),
+                http_status: record.http_status,
+                error_kind: record.error_kind.as_deref(),
+                error_message: record.error_message.as_deref(),
+                response_bytes: saturate(record.response_bytes),
+            })
+        })
+        .collect();
+    if !journal.is_empty() {
+        let count = journal.len();
+        let journal = serde_json::to_string(&journal)
+            .map_err(|err| StoreError::Failed(format!("journal {count} attempts: {err}")))?;
+        sqlx::query(sql::JOURNAL_MANY)
+            .bind(journal)
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| store_error(format_args!("journal {count} attempts"), err))?;
+    }
+    Ok(batches
+        .iter()
+        .map(|batch| {
+            batch
+                .iter()
+                .map(|item| {
+                    if series.contains_key(&item.id) {
+                        Finished::Recorded
+                    } else {
+                        Finished::Fenced
+                    }
+                })
+                .collect()
+        })
+        .collect())
 }
 
 async fn release(

@@ -6,6 +6,7 @@ mod catalogue;
 mod cli;
 mod crash;
 mod demo;
+mod dispatch;
 mod docs;
 mod pipeline;
 mod schema;

@@ -12,7 +12,7 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 use super::*;
-use crate::queue::contract::{T0, callout, store_contract};
+use crate::queue::contract::{T0, callout, finish, keyed, store_contract};
 
 fn path(dir: &TempDir) -> std::path::PathBuf {
     dir.path().join("queue.db")
@@ -39,6 +39,19 @@ async fn raw(dir: &TempDir) -> SqliteConnection {
 }
 
 store_contract!(open_store);
+
+/// The same contract with every group run op by op, as after a failed merged group.
+mod op_by_op {
+    use super::*;
+
+    async fn open_store() -> (SqliteStore, TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open_with(&url(&dir), false).await.unwrap();
+        (store, dir)
+    }
+
+    store_contract!(open_store);
+}
 
 // ---------------------------------------------------------------------------------------------
 // Group commit
@@ -93,6 +106,8 @@ async fn writer(dir: &TempDir) -> Writer {
     Writer {
         conn: raw(dir).await,
         commits: Arc::new(AtomicU64::new(0)),
+        merge: true,
+        fallbacks: 0,
     }
 }
 
@@ -125,6 +140,137 @@ async fn failing_operation_fails_alone_in_its_group() {
     assert!(store.get("c1").await.unwrap().is_some());
     assert_eq!(store.get("c2").await.unwrap(), None);
     assert!(store.get("c3").await.unwrap().is_some());
+}
+
+type FinishAnswer = oneshot::Receiver<Result<Vec<Finished>, StoreError>>;
+
+fn finish_op(batch: Vec<Finish>) -> (Op, FinishAnswer) {
+    let (reply, answer) = oneshot::channel();
+    (Op::Finish(Job::new(batch, reply)), answer)
+}
+
+#[tokio::test]
+async fn a_group_runs_merged_and_answers_each_operation_as_alone() {
+    let (store, dir) = open_store().await;
+    store
+        .enqueue(vec![
+            callout("a", "acme", T0),
+            callout("b", "acme", T0),
+            callout("c", "acme", T0),
+        ])
+        .await
+        .unwrap();
+    let claims = store
+        .claim(T0, 3, Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    let [a, b, c] = claims.as_slice() else {
+        panic!("{claims:?}")
+    };
+    let mut stale = finish(b, T0 + 1, Next::Succeeded);
+    stale.attempt += 1;
+    stale.record.attempt += 1;
+    let mut writer = writer(&dir).await;
+    // Enqueues, results and a claim in one group: the key `k` is taken by the first of three
+    // batches; the second asks again with the same request, the third with another.
+    let (first, first_answer) = enqueue_op(vec![keyed("k1", "k", "h"), callout("d", "acme", T0)]);
+    let (again, again_answer) = enqueue_op(vec![keyed("k2", "k", "h")]);
+    let (other, other_answer) = enqueue_op(vec![keyed("k3", "k", "other")]);
+    let (done, done_answer) = finish_op(vec![finish(a, T0 + 1, Next::Succeeded), stale]);
+    let (retry, retry_answer) = finish_op(vec![finish(c, T0 + 1, Next::Retry { at: T0 + 99 })]);
+    let (reply, claimed_answer) = oneshot::channel();
+    let claim = Op::Claim(Job::new(
+        ClaimRequest {
+            now: T0 + 1,
+            limit: 10,
+            lease: Duration::from_secs(30),
+            skip: Vec::new(),
+        },
+        reply,
+    ));
+
+    writer
+        .commit_group(vec![first, again, done, claim, other, retry])
+        .await;
+
+    assert_eq!(
+        (writer.commits.load(Ordering::Relaxed), writer.fallbacks),
+        (1, 0)
+    );
+    let created = first_answer.await.unwrap().unwrap();
+    assert!(
+        matches!(created.as_slice(), [Enqueued::Created(k1), Enqueued::Created(d)] if k1.id == "k1" && d.id == "d"),
+        "{created:?}"
+    );
+    let again = again_answer.await.unwrap().unwrap();
+    assert!(
+        matches!(again.as_slice(), [Enqueued::Existing(k1)] if k1.id == "k1"),
+        "{again:?}"
+    );
+    let other = other_answer.await.unwrap().unwrap();
+    assert!(
+        matches!(other.as_slice(), [Enqueued::Conflict { existing_id }] if existing_id == "k1"),
+        "{other:?}"
+    );
+    assert_eq!(
+        done_answer.await.unwrap().unwrap(),
+        [Finished::Recorded, Finished::Fenced]
+    );
+    assert_eq!(retry_answer.await.unwrap().unwrap(), [Finished::Recorded]);
+    // The claim ran after the enqueues: it takes the new callouts, oldest due first.
+    let claimed = claimed_answer.await.unwrap().unwrap();
+    let claimed: Vec<&str> = claimed.iter().map(|c| c.callout.id.as_str()).collect();
+    assert_eq!(claimed, ["d", "k1"]);
+    assert_eq!(
+        store.get("a").await.unwrap().unwrap().status,
+        Status::Succeeded
+    );
+    assert_eq!(
+        store.get("b").await.unwrap().unwrap().status,
+        Status::Running
+    );
+    let c = store.get("c").await.unwrap().unwrap();
+    assert_eq!(
+        (c.status, c.next_attempt_at),
+        (Status::Retrying, Some(T0 + 99))
+    );
+    assert_eq!(store.attempts("a").await.unwrap().len(), 1);
+    assert_eq!(store.attempts("b").await.unwrap(), []);
+    let journal = store.attempts("c").await.unwrap();
+    assert_eq!(
+        journal[0].error_message.as_deref(),
+        Some("upstream is unavailable")
+    );
+    assert_eq!(store.get("k2").await.unwrap(), None);
+    assert_eq!(store.get("k3").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn two_results_for_one_callout_in_a_group_run_op_by_op() {
+    let (store, dir) = open_store().await;
+    store.enqueue(vec![callout("a", "acme", T0)]).await.unwrap();
+    let claims = store
+        .claim(T0, 1, Duration::from_secs(30), &[])
+        .await
+        .unwrap();
+    let mut writer = writer(&dir).await;
+    let (first, first_answer) = finish_op(vec![finish(&claims[0], T0 + 1, Next::Succeeded)]);
+    let (second, second_answer) = finish_op(vec![finish(&claims[0], T0 + 2, Next::Failed)]);
+
+    writer.commit_group(vec![first, second]).await;
+
+    // Merged, the two would race in one statement; op by op, the first counts.
+    assert_eq!(
+        (writer.commits.load(Ordering::Relaxed), writer.fallbacks),
+        (1, 1)
+    );
+    assert_eq!(first_answer.await.unwrap().unwrap(), [Finished::Recorded]);
+    assert_eq!(second_answer.await.unwrap().unwrap(), [Finished::Fenced]);
+    assert_eq!(
+        store.get("a").await.unwrap().unwrap().status,
+        Status::Succeeded
+    );
+    assert_eq!(store.attempts("a").await.unwrap().len(), 1);
 }
 
 /// A writer whose database file cannot grow by more than a few pages.
@@ -359,7 +505,6 @@ async fn per_callout_statements_go_by_key() {
     for statement in [
         sql::GET,
         sql::STATUS_OF,
-        sql::CLAIM_ONE,
         sql::FINISH,
         sql::EXTEND_LEASE,
         sql::RELEASE,
@@ -375,6 +520,41 @@ async fn per_callout_statements_go_by_key() {
     assert_eq!(
         explain(&dir, sql::ATTEMPTS).await,
         ["SEARCH attempts USING PRIMARY KEY (callout_id=?)"]
+    );
+}
+
+#[tokio::test]
+async fn merged_statements_go_by_key() {
+    let (_store, dir) = open_store().await;
+
+    assert_eq!(
+        explain(&dir, sql::FINISH_MANY).await,
+        [
+            "SCAN j VIRTUAL TABLE INDEX 1:",
+            "SEARCH callouts USING INDEX sqlite_autoindex_callouts_1 (id=?)"
+        ]
+    );
+    let claim = explain(&dir, sql::CLAIM_MANY).await;
+    assert_eq!(
+        claim[0],
+        "SEARCH callouts USING INDEX sqlite_autoindex_callouts_1 (id=?)"
+    );
+    assert!(
+        claim[1..].iter().all(|line| !line.contains("callouts")),
+        "{claim:#?}"
+    );
+    // Inserts read their JSON argument (and, for callouts, the journal by key: the foreign
+    // key's check).
+    assert_eq!(
+        explain(&dir, sql::INSERT_MANY).await,
+        [
+            "SCAN json_each VIRTUAL TABLE INDEX 1:",
+            "SEARCH attempts USING PRIMARY KEY (callout_id=?)"
+        ]
+    );
+    assert_eq!(
+        explain(&dir, sql::JOURNAL_MANY).await,
+        ["SCAN json_each VIRTUAL TABLE INDEX 1:"]
     );
 }
 
