@@ -1,17 +1,18 @@
 //! The dispatcher: claims ready callouts and runs them within every limit.
 //!
-//! Invariants: no more than `max_concurrent_callouts` calls are ever in flight (a global permit
-//! is held while calling, from just before the wrapper runs until it answers); at most twice
-//! that many callouts are claimed and not yet recorded (a claim slot is held from the claim to
-//! the result's commit), so the next callouts wait claimed and ready while results are being
-//! committed, and a freed permit starts a call at once instead of waiting for two commits. A
-//! callout that must wait for its connection's `concurrency`, `rate`/`burst` or a pause holds no
-//! permit while it waits, so one throttled connection cannot hold the cap from the others; a
-//! connection with a callout already waiting is not claimed from again until it moves on; a
-//! `Retry-After` pauses the whole connection (in memory, and in the store for its queued
-//! callouts); a claim that waits long has its lease extended, and is dropped if the lease was
-//! lost. Every claimed callout ends recorded (succeeded, retrying, failed), released at
-//! shutdown, or — if this process dies — reclaimed after its lease.
+//! Invariants: no more than `max_concurrent_callouts` calls are ever in flight, counting a
+//! call from just before its wrapper runs until its result is durable (a global permit is held
+//! that long, so a crash can repeat at most that many calls); at most twice that many
+//! callouts are claimed and not yet recorded (a claim slot is held from the claim to the
+//! result's commit), so the next callouts wait claimed and ready while results are being
+//! committed, and a freed permit starts a call at once instead of waiting for a claim's commit.
+//! A callout that must wait for its connection's `concurrency`, `rate`/`burst` or a pause holds
+//! no permit and no slot while it waits, so one throttled connection cannot hold the cap from
+//! the others; a connection with a callout already waiting is not claimed from again until it
+//! moves on; a `Retry-After` pauses the whole connection (in memory, and in the store for its
+//! queued callouts); a claim that waits long has its lease extended, and is dropped if the
+//! lease was lost. Every claimed callout ends recorded (succeeded, retrying, failed), released
+//! at shutdown, or — if this process dies — reclaimed after its lease.
 
 mod limits;
 pub mod retry;
@@ -146,8 +147,8 @@ fn lease_for(inner: &Inner) -> Duration {
     inner.config.min_lease.max(longest * 2)
 }
 
-/// The dispatcher's two bounds: `permits` on calls in flight (the cap), `slots` on callouts
-/// claimed and not yet recorded (twice the cap).
+/// The dispatcher's two bounds: `permits` on calls in flight until their results are durable
+/// (the cap), `slots` on callouts claimed and not yet recorded (twice the cap).
 struct Gates {
     permits: Arc<Semaphore>,
     slots: Arc<Semaphore>,
@@ -155,7 +156,7 @@ struct Gates {
 
 /// Runs one claimed callout to its recorded end. `slot` is its claim slot (from `slots`), held
 /// to the end but while waiting for the connection; the global permit is taken from `permits`
-/// for the call alone.
+/// for the call and the recording of its result.
 async fn run_one(
     inner: Arc<Inner>,
     claim: Claimed,
@@ -169,7 +170,8 @@ async fn run_one(
     let version = inner.current.load_full();
     let started = now_millis();
     let found = version.metadata.function(&callout.function);
-    let (outcome, duration_ms, connection_name) = match found {
+    // The permit, if a call was made: held until its result is durable.
+    let (outcome, duration_ms, connection_name, permit) = match found {
         None => (
             Outcome::failure(
                 CallError::new(
@@ -184,6 +186,7 @@ async fn run_one(
             ),
             0,
             callout.connection.clone(),
+            None,
         ),
         Some((conn, function)) => {
             let state = inner.limits.state_for(conn);
@@ -302,8 +305,6 @@ async fn run_one(
                 }
             };
             let duration_ms = begin.elapsed().as_millis() as u64;
-            // The call is over: the next one may start while this result is recorded.
-            drop(permit);
             drop(guard);
             drop(turn);
             if let Err(err) = &outcome.result
@@ -317,7 +318,7 @@ async fn run_one(
                 }
                 inner.wake.notify_one();
             }
-            (outcome, duration_ms, conn.name.clone())
+            (outcome, duration_ms, conn.name.clone(), Some(permit))
         }
     };
     let retry_policy = found.map(|(c, _)| c.retry.clone()).unwrap_or_default();
@@ -390,6 +391,7 @@ async fn run_one(
         }
     }
     forget(&active, &callout.id, claim.attempt);
+    drop(permit);
     drop(slot);
     let _ = inner.finished.send(callout.id.clone());
 }

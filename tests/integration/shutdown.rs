@@ -43,16 +43,24 @@ async fn stop_ends_long_polls_and_claims_nothing_new() {
         c.max_concurrent_callouts = 2;
     })
     .await;
-    let items: Vec<_> = (0..60)
-        .map(|n| json!({"function": "sink.put", "input": {"n": n}}))
-        .collect();
-    sb.api.enqueue_batch(items).await;
-    // A long poll on a callout scheduled an hour ahead.
+    // A long poll on a callout scheduled an hour ahead, stored before the stop.
     let api = sb.api.clone();
     let waiter = tokio::spawn(async move {
         let body = json!({"function": "sink.put", "wait": "60s", "run_at": rfc3339_in(Duration::from_secs(3600))});
         api.post("/v1/callouts", &body).await
     });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while sb.api.list_all(1).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the long poll's callout was not stored"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let items: Vec<_> = (0..60)
+        .map(|n| json!({"function": "sink.put", "input": {"n": n}}))
+        .collect();
+    sb.api.enqueue_batch(items).await;
     eventually(Duration::from_secs(10), "first calls", || {
         upstream.count() >= 2
     })

@@ -12,6 +12,7 @@ use tempfile::TempDir;
 use tokio::sync::oneshot;
 
 use super::*;
+use crate::queue::Next;
 use crate::queue::contract::{T0, callout, finish, keyed, store_contract};
 
 fn path(dir: &TempDir) -> std::path::PathBuf {
@@ -101,14 +102,15 @@ async fn every_write_is_one_commit_when_alone() {
     assert_eq!(store.commits(), 2);
 }
 
-/// A writer of our own over a raw connection, to run a chosen group.
+/// A writer of our own beside the store's, to run a chosen group.
 async fn writer(dir: &TempDir) -> Writer {
-    Writer {
-        conn: raw(dir).await,
-        commits: Arc::new(AtomicU64::new(0)),
-        merge: true,
-        fallbacks: 0,
-    }
+    Writer::open(
+        &path(dir),
+        Duration::from_secs(5),
+        Arc::new(AtomicU64::new(0)),
+        true,
+    )
+    .unwrap()
 }
 
 type Answer = oneshot::Receiver<Result<Vec<Enqueued>, StoreError>>;
@@ -127,7 +129,7 @@ async fn failing_operation_fails_alone_in_its_group() {
     let (bad, bad_answer) = enqueue_op(vec![callout("c2", "acme", T0), callout("c1", "acme", T0)]);
     let (last, last_answer) = enqueue_op(vec![callout("c3", "acme", T0)]);
 
-    writer.commit_group(vec![first, bad, last]).await;
+    writer.commit_group(vec![first, bad, last]);
 
     assert_eq!(writer.commits.load(Ordering::Relaxed), 1);
     assert!(first_answer.await.unwrap().is_ok());
@@ -190,8 +192,7 @@ async fn a_group_runs_merged_and_answers_each_operation_as_alone() {
     ));
 
     writer
-        .commit_group(vec![first, again, done, claim, other, retry])
-        .await;
+        .commit_group(vec![first, again, done, claim, other, retry]);
 
     assert_eq!(
         (writer.commits.load(Ordering::Relaxed), writer.fallbacks),
@@ -257,7 +258,7 @@ async fn two_results_for_one_callout_in_a_group_run_op_by_op() {
     let (first, first_answer) = finish_op(vec![finish(&claims[0], T0 + 1, Next::Succeeded)]);
     let (second, second_answer) = finish_op(vec![finish(&claims[0], T0 + 2, Next::Failed)]);
 
-    writer.commit_group(vec![first, second]).await;
+    writer.commit_group(vec![first, second]);
 
     // Merged, the two would race in one statement; op by op, the first counts.
     assert_eq!(
@@ -275,19 +276,18 @@ async fn two_results_for_one_callout_in_a_group_run_op_by_op() {
 
 /// A writer whose database file cannot grow by more than a few pages.
 async fn cramped_writer(dir: &TempDir) -> Writer {
-    let mut writer = writer(dir).await;
-    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
-        .fetch_one(&mut writer.conn)
-        .await
+    let writer = writer(dir).await;
+    let pages: i64 = writer
+        .conn
+        .query_row("PRAGMA page_count", [], |row| row.get(0))
         .unwrap();
     // Room for small rows, not for a megabyte.
-    sqlx::query(AssertSqlSafe(format!(
-        "PRAGMA max_page_count = {}",
-        pages + 8
-    )))
-    .execute(&mut writer.conn)
-    .await
-    .unwrap();
+    let _: i64 = writer
+        .conn
+        .query_row(&format!("PRAGMA max_page_count = {}", pages + 8), [], |row| {
+            row.get(0)
+        })
+        .unwrap();
     writer
 }
 
@@ -307,7 +307,7 @@ async fn full_disk_fails_the_operation_as_unavailable() {
     let (after, after_answer) = enqueue_op(vec![callout("after", "acme", T0)]);
 
     // SQLite rolls back the whole transaction on a full disk: the others run again without it.
-    writer.commit_group(vec![small, big, after]).await;
+    writer.commit_group(vec![small, big, after]);
 
     let err = big_answer.await.unwrap().unwrap_err();
     assert_eq!(
@@ -330,7 +330,7 @@ async fn group_aborted_twice_fails_as_a_whole() {
     let (small, small_answer) = enqueue_op(vec![callout("small", "acme", T0)]);
     let (second, second_answer) = enqueue_op(vec![big("big2")]);
 
-    writer.commit_group(vec![first, small, second]).await;
+    writer.commit_group(vec![first, small, second]);
 
     let full = |id: &str| {
         format!(
@@ -354,17 +354,23 @@ async fn group_aborted_twice_fails_as_a_whole() {
     assert_eq!(store.counts().await.unwrap()[0], (Status::Queued, 0));
     // The writer goes on with the next group.
     let (next, next_answer) = enqueue_op(vec![callout("next", "acme", T0)]);
-    writer.commit_group(vec![next]).await;
+    writer.commit_group(vec![next]);
     assert!(next_answer.await.unwrap().is_ok());
 }
 
 #[tokio::test]
 async fn calls_after_the_writer_is_gone_are_closed() {
     let (mut store, _dir) = open_store().await;
-    store.writer.abort();
-    assert!((&mut store.writer).await.is_err());
+    // A writer that dies with operations in hand (they are dropped unanswered), then is gone.
+    let (ops, mut queue) = tokio::sync::mpsc::channel(1);
+    store.ops = ops;
+    let dying = tokio::spawn(async move {
+        let op = queue.recv().await;
+        drop(op);
+    });
 
     let enqueued = store.enqueue(vec![callout("c1", "acme", T0)]).await;
+    dying.await.unwrap();
     let claimed = store.claim(T0, 1, Duration::from_secs(1), &[]).await;
 
     assert!(matches!(enqueued, Err(StoreError::Closed)), "{enqueued:?}");
