@@ -4,6 +4,7 @@
 //! connection each, three functions with input and output schemas and templates) to a
 //! temporary folder, loads the folder several times through the same `Loader` the CLI uses, and
 //! prints the median and the slowest run. The target is under one second in release mode.
+//! `cargo bench --bench metadata_load -- --quick` loads the folder once (a smoke run).
 
 use std::time::{Duration, Instant};
 
@@ -95,8 +96,13 @@ fn main() {
         .expect("write");
     }
     let loader = Loader::new();
-    let mut times: Vec<Duration> = Vec::with_capacity(RUNS);
-    for _ in 0..RUNS {
+    let runs = if std::env::args().any(|arg| arg == "--quick") {
+        1
+    } else {
+        RUNS
+    };
+    let mut times: Vec<Duration> = Vec::with_capacity(runs);
+    for _ in 0..runs {
         let start = Instant::now();
         let metadata = loader
             .load(dir.path())
@@ -107,10 +113,10 @@ fn main() {
         assert_eq!(metadata.functions().count(), FILES * 3);
     }
     times.sort();
-    let median = times[RUNS / 2];
-    let slowest = times[RUNS - 1];
+    let median = times[runs / 2];
+    let slowest = times[runs - 1];
     println!(
-        "metadata_load: {FILES} files, {} functions, {RUNS} runs",
+        "metadata_load: {FILES} files, {} functions, {runs} runs",
         FILES * 3
     );
     println!("  median  {:>8.1} ms", median.as_secs_f64() * 1e3);

@@ -1,6 +1,6 @@
 //! The callout pipeline end to end, against the raw-client ceiling, in one run.
 //!
-//! Run: `cargo bench --bench pipeline` (a full run: about four minutes on 2 cores), or
+//! Run: `cargo bench --bench pipeline` (a full run: about five minutes on 2 cores), or
 //! `cargo bench --bench pipeline -- --quick` (a smoke run of seconds; nothing asserted but that
 //! every callout succeeds). Options, as arguments after `--` or environment variables:
 //!
@@ -11,7 +11,8 @@
 //! | `--latencies 0,50` | `PIPELINE_LATENCIES` | 0,50 | upstream latencies in ms |
 //! | `--runs R` | `PIPELINE_RUNS` | 3 (1) | repetitions; the tables show medians |
 //! | `--batch B` | `PIPELINE_BATCH` | 100 | items per `POST /v1/callouts/batch` |
-//! | `--only a,b` | `PIPELINE_ONLY` | all | phases: ceiling, single, batch, paced, probe, enqueue, enqueue-batch, store |
+//! | `--backlog a,b` | `PIPELINE_BACKLOG` | 1000,100000 (200,2000) | callouts queued before the dispatcher starts (backlog); the largest is also the queued phase's |
+//! | `--only a,b` | `PIPELINE_ONLY` | all | phases: ceiling, single, batch, paced, probe, enqueue, enqueue-batch, store, backlog, queued |
 //! | `--json PATH` | `PIPELINE_JSON` | target/bench-pipeline.json | where the JSON goes |
 //! | `--quick` | `PIPELINE_QUICK=1` | | the small sizes, one run |
 //!
@@ -36,8 +37,29 @@
 //!   a counter, to read `SqliteStore::commits()` and time each store operation;
 //!
 //! then once: **enqueue** only (`dispatch: false`: single POSTs, batches, and single POSTs
-//! probed), and **store** only (the `SqliteStore` driven directly by 25 tasks, no HTTP, no
-//! dispatcher: the most the pipeline can get from this store).
+//! probed), **store** only (the `SqliteStore` driven directly by 25 tasks, no HTTP, no
+//! dispatcher: the most the pipeline can get from this store), and:
+//!
+//! - **backlog**, at the smallest upstream latency only (0 ms by default: where the queue's own
+//!   costs show): for each backlog size B, this process fills a fresh database with B queued
+//!   callouts straight through `SqliteStore` (in batches of 1,000, each built as
+//!   `Engine::enqueue` builds it) and closes it; then a Switchboard starts on that file with the
+//!   dispatcher on, and must drain it: all B `succeeded`, B calls and B keys at the upstream.
+//!   The **drain rate** is B over the time from the upstream's first call to the store saying
+//!   all B are over (process start-up is reported apart, as spawn → first call), and the
+//!   target is held to it; the **10 % → 90 %** rate counts the calls from the one at 10 % of B
+//!   to the one at 90 %, over the time between them (neither start-up nor the tail); the
+//!   **first 1,000** rate, 1,000 calls (or the smallest B, if less) over the time from the first
+//!   call to the 1,000th. Both at the upstream. A B under 20,000 drains in well under a second,
+//!   so a run drains it up to 5 times and takes the median; each B is compared with the
+//!   smallest, in the same run;
+//! - **queued**: the largest backlog, queued (a copy of the file filled for the backlog phase,
+//!   taken before it drained), under a Switchboard with the dispatcher off: its RSS (`VmRSS`
+//!   after start-up and after the look-ups, `VmHWM`), and the round trips of 200 sequential
+//!   look-ups each over HTTP with the caller key, on one connection — `GET /v1/callouts/{id}`
+//!   and `.../attempts` for random ids, `GET /v1/callouts?limit=50` first page and a page
+//!   90 % deep (its cursor reached by walking pages of 500, which are timed too), the same
+//!   with `status=queued`, with `function` and `status`, and `GET /readyz` and `GET /metrics`.
 //!
 //! Latency of an end-to-end phase is enqueue-to-completion: `updated_at - created_at` of each
 //! callout (milliseconds, the engine's clock: from before the enqueue commit to after the
@@ -51,7 +73,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -93,12 +115,14 @@ struct Options {
     latencies: Vec<u64>,
     runs: usize,
     batch: usize,
+    /// Backlog sizes, ascending, distinct.
+    backlog: Vec<usize>,
     only: Option<HashSet<String>>,
     json: PathBuf,
     quick: bool,
 }
 
-const PHASES: [&str; 8] = [
+const PHASES: [&str; 10] = [
     "ceiling",
     "single",
     "batch",
@@ -107,6 +131,8 @@ const PHASES: [&str; 8] = [
     "enqueue",
     "enqueue-batch",
     "store",
+    "backlog",
+    "queued",
 ];
 
 impl Options {
@@ -118,6 +144,7 @@ impl Options {
             ("PIPELINE_LATENCIES", "latencies"),
             ("PIPELINE_RUNS", "runs"),
             ("PIPELINE_BATCH", "batch"),
+            ("PIPELINE_BACKLOG", "backlog"),
             ("PIPELINE_ONLY", "only"),
             ("PIPELINE_JSON", "json"),
             ("PIPELINE_QUICK", "quick"),
@@ -136,16 +163,16 @@ impl Options {
                 "--quick" => {
                     given.insert("quick".into(), "1".into());
                 }
-                "--n" | "--enqueue-n" | "--latencies" | "--runs" | "--batch" | "--only"
-                | "--json" => {
+                "--n" | "--enqueue-n" | "--latencies" | "--runs" | "--batch" | "--backlog"
+                | "--only" | "--json" => {
                     let value = args.next().ok_or_else(|| format!("{arg} needs a value"))?;
                     given.insert(arg.trim_start_matches("--").to_string(), value);
                 }
                 other => {
                     return Err(format!(
                         "unknown argument {other:?}; expected --n N, --enqueue-n N, \
-                         --latencies 0,50, --runs R, --batch B, --only PHASES, --json PATH or \
-                         --quick"
+                         --latencies 0,50, --runs R, --batch B, --backlog 1000,100000, \
+                         --only PHASES, --json PATH or --quick"
                     ));
                 }
             }
@@ -176,6 +203,25 @@ impl Options {
                 })
                 .collect::<Result<Vec<_>, _>>()?,
         };
+        let mut backlog = match given.get("backlog") {
+            None if quick => vec![200, 2_000],
+            None => vec![1_000, 100_000],
+            Some(text) => text
+                .split(',')
+                .map(|part| {
+                    part.trim()
+                        .replace('_', "")
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| {
+                            format!("--backlog {text:?}: expected callout counts like 1000,100000")
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        };
+        backlog.sort_unstable();
+        backlog.dedup();
         let only = match given.get("only") {
             None => None,
             Some(text) => {
@@ -203,6 +249,7 @@ impl Options {
             latencies,
             runs: number("runs", if quick { 1 } else { 3 })?,
             batch,
+            backlog,
             only,
             json,
             quick,
@@ -235,6 +282,9 @@ struct UpstreamStats {
     busy_ns: AtomicU64,
     keys: Mutex<HashSet<String>>,
     missing_key: AtomicU64,
+    /// Whether to note when each call was answered (the backlog phase), in `answered`.
+    timing: AtomicBool,
+    answered: Mutex<Vec<Instant>>,
 }
 
 struct Upstream {
@@ -286,9 +336,14 @@ impl Upstream {
         format!("http://{}", self.addr)
     }
 
-    /// Sets the latency and zeroes the counters.
+    /// Sets the latency and zeroes the counters; stops noting answer times.
     fn reset(&self, latency_ms: u64) -> Result<(), String> {
         let s = &self.stats;
+        s.timing.store(false, Ordering::SeqCst);
+        s.answered
+            .lock()
+            .map_err(|_| "the upstream's answer times are poisoned".to_string())?
+            .clear();
         s.latency_ms.store(latency_ms, Ordering::SeqCst);
         s.hits.store(0, Ordering::SeqCst);
         s.peak.store(0, Ordering::SeqCst);
@@ -303,6 +358,23 @@ impl Upstream {
 
     fn hits(&self) -> u64 {
         self.stats.hits.load(Ordering::SeqCst)
+    }
+
+    /// From now until the next reset, notes when each call is answered.
+    fn note_answer_times(&self) {
+        self.stats.timing.store(true, Ordering::SeqCst);
+    }
+
+    /// When each call was answered, in order.
+    fn answer_times(&self) -> Result<Vec<Instant>, String> {
+        let mut times = self
+            .stats
+            .answered
+            .lock()
+            .map_err(|_| "the upstream's answer times are poisoned".to_string())?
+            .clone();
+        times.sort_unstable();
+        Ok(times)
     }
 
     fn counts(&self) -> UpstreamCounts {
@@ -350,6 +422,11 @@ async fn order(
         .and_then(|v| v["customer"].as_str().map(str::to_string))
         .unwrap_or_default();
     let answer = json!({ "order": { "id": format!("SO-{customer}"), "status": "accepted" } });
+    if stats.timing.load(Ordering::Relaxed)
+        && let Ok(mut answered) = stats.answered.lock()
+    {
+        answered.push(Instant::now());
+    }
     stats.hits.fetch_add(1, Ordering::SeqCst);
     stats.inflight.fetch_sub(1, Ordering::SeqCst);
     stats
@@ -399,8 +476,13 @@ functions:
 
 const FUNCTION: &str = "bench.create_order";
 
+/// The input of the i-th callout.
+fn callout_input(i: usize) -> Value {
+    json!({ "customer": format!("C-{i}"), "quantity": 1 })
+}
+
 fn callout_body(i: usize) -> Value {
-    json!({ "function": FUNCTION, "input": { "customer": format!("C-{i}"), "quantity": 1 } })
+    json!({ "function": FUNCTION, "input": callout_input(i) })
 }
 
 /// Counts and times the store operations of an engine (the probe phase).
@@ -565,29 +647,73 @@ enum Start {
 struct Switchboard {
     base: String,
     pid: u32,
-    /// The thread of the store's write connection (the first SQLite thread it started).
-    writer_tid: Option<u32>,
     process: tokio::process::Child,
     stdin: tokio::process::ChildStdin,
     stdout: tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>,
-    db: PathBuf,
-    _dir: TempDir,
+    db: Database,
+}
+
+/// A temporary folder beside the build, on the real disk (fsync costs what it costs there),
+/// for one database file, which may not exist yet.
+struct Database {
+    dir: TempDir,
+    path: PathBuf,
+}
+
+impl Database {
+    fn fresh() -> Result<Database, String> {
+        let dir = temp_dir()?;
+        let path = dir.path().join("switchboard.db");
+        Ok(Database { dir, path })
+    }
+
+    fn url(&self) -> String {
+        format!("sqlite://{}", self.path.display())
+    }
+
+    /// The database file with a suffix (`-wal`, `-shm`).
+    fn file(&self, suffix: &str) -> PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(suffix);
+        PathBuf::from(name)
+    }
+
+    /// A copy in a fresh folder. No store may have the file open.
+    fn copy(&self) -> Result<Database, String> {
+        let copy = Database::fresh()?;
+        for suffix in ["", "-wal"] {
+            let from = self.file(suffix);
+            if from.exists() {
+                std::fs::copy(&from, copy.file(suffix))
+                    .map_err(|e| format!("copy {}: {e}", from.display()))?;
+            }
+        }
+        Ok(copy)
+    }
 }
 
 impl Switchboard {
+    /// On a fresh database.
     async fn start(upstream: &Upstream, dispatch: bool, how: Start) -> Result<Switchboard, String> {
-        // Beside the build, on the real disk: fsync costs what it costs there.
-        let dir = temp_dir()?;
-        let meta = dir.path().join("metadata");
+        Switchboard::start_on(upstream, Database::fresh()?, dispatch, how).await
+    }
+
+    /// On `db`, which may hold callouts already.
+    async fn start_on(
+        upstream: &Upstream,
+        db: Database,
+        dispatch: bool,
+        how: Start,
+    ) -> Result<Switchboard, String> {
+        let meta = db.dir.path().join("metadata");
         std::fs::create_dir(&meta).map_err(|e| format!("create the metadata folder: {e}"))?;
         std::fs::write(meta.join("bench.yaml"), metadata(&upstream.url()))
             .map_err(|e| format!("write the metadata: {e}"))?;
-        let db = dir.path().join("switchboard.db");
         let exe = std::env::current_exe().map_err(|e| format!("this program's path: {e}"))?;
         let mut process = tokio::process::Command::new(exe)
             .arg("--child")
             .arg(&meta)
-            .arg(&db)
+            .arg(&db.path)
             .arg(if dispatch { "dispatch" } else { "enqueue-only" })
             .arg(if how == Start::Probed {
                 "probed"
@@ -612,16 +738,13 @@ impl Switchboard {
         let mut sb = Switchboard {
             base: String::new(),
             pid,
-            writer_tid: None,
             process,
             stdin,
             stdout: tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout)),
             db,
-            _dir: dir,
         };
         let ready = sb.read().await?;
         sb.base = format!("http://{}", ready["addr"].as_str().ok_or("no address")?);
-        sb.writer_tid = ready["writer_tid"].as_u64().map(|t| t as u32);
         Ok(sb)
     }
 
@@ -657,17 +780,18 @@ impl Switchboard {
 
     /// Bytes of the database file, its `-wal` and its `-shm`.
     fn db_bytes(&self) -> (u64, u64) {
-        let size = |suffix: &str| {
-            let mut name = self.db.clone().into_os_string();
-            name.push(suffix);
-            std::fs::metadata(&name).map_or(0, |m| m.len())
-        };
+        let size = |suffix: &str| std::fs::metadata(self.db.file(suffix)).map_or(0, |m| m.len());
         (size(""), size("-wal") + size("-shm"))
     }
 
     /// The server process's peak RSS.
     fn peak_rss_mb(&self) -> f64 {
         status_kb_of(&format!("/proc/{}/status", self.pid), "VmHWM:") / 1024.0
+    }
+
+    /// The server process's RSS now.
+    fn rss_mb(&self) -> f64 {
+        status_kb_of(&format!("/proc/{}/status", self.pid), "VmRSS:") / 1024.0
     }
 
     async fn stop(mut self) -> Result<(), String> {
@@ -733,7 +857,6 @@ enum Running {
 }
 
 async fn child(meta: &Path, db: &Path, dispatch: bool, how: Start) -> Result<(), String> {
-    let sqlite_before = sqlite_threads();
     let db_url = format!("sqlite://{}", db.display());
     let mut config = ServerConfig::new(meta, db_url.clone());
     config.listen = SocketAddr::from((LOOPBACK, 0));
@@ -763,11 +886,7 @@ async fn child(meta: &Path, db: &Path, dispatch: bool, how: Start) -> Result<(),
             (server.addr, Running::Probed { server, probe })
         }
     };
-    let writer_tid = sqlite_threads().difference(&sqlite_before).min().copied();
-    println!(
-        "{}",
-        json!({ "addr": addr.to_string(), "writer_tid": writer_tid })
-    );
+    println!("{}", json!({ "addr": addr.to_string() }));
     let store = match &running {
         Running::Served(server) => server.engine.store().clone(),
         Running::Probed { server, .. } => server.engine.store().clone(),
@@ -1136,7 +1255,7 @@ fn check_upstream(counts: &UpstreamCounts, n: usize) -> Result<(), String> {
 
 async fn ceiling(up: &Upstream, n: usize, latency: u64, o: &Options) -> Result<Row, String> {
     up.reset(latency)?;
-    let cpu = CpuMark::now(None, None);
+    let cpu = CpuMark::now(None);
     let client = http_client()?;
     let url = format!("{}/orders", up.url());
     let began = Instant::now();
@@ -1200,7 +1319,7 @@ async fn end_to_end(
 ) -> Result<Row, String> {
     up.reset(latency)?;
     let mut sb = Switchboard::start(up, true, start).await?;
-    let cpu = CpuMark::now(Some(sb.pid), sb.writer_tid);
+    let cpu = CpuMark::now(Some(sb.pid));
     let deadline = o.deadline(n, latency);
     let began = Instant::now();
     let trips = match how {
@@ -1290,7 +1409,7 @@ async fn enqueue_only(
 ) -> Result<Row, String> {
     let n = o.enqueue_n;
     let mut sb = Switchboard::start(up, false, start).await?;
-    let cpu = CpuMark::now(Some(sb.pid), sb.writer_tid);
+    let cpu = CpuMark::now(Some(sb.pid));
     let deadline = o.deadline(n, 1);
     let began = Instant::now();
     let trips = match how {
@@ -1340,18 +1459,16 @@ async fn store_only(rt: &Handle, n: usize) -> Result<Vec<Row>, String> {
 
 async fn store_only_here(n: usize) -> Result<Vec<Row>, String> {
     let dir = temp_dir()?;
-    let before = sqlite_threads();
     let url = format!("sqlite://{}", dir.path().join("store.db").display());
     let store = Arc::new(
         SqliteStore::open(&url)
             .await
             .map_err(|e| format!("the store does not open: {e}"))?,
     );
-    let writer = sqlite_threads().difference(&before).min().copied();
     let mut rows = Vec::new();
 
     // Enqueue, one callout per operation.
-    let (cpu, commits, began) = (CpuMark::now(None, writer), store.commits(), Instant::now());
+    let (cpu, commits, began) = (CpuMark::now(None), store.commits(), Instant::now());
     let next = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
     for _ in 0..CONCURRENCY {
@@ -1395,7 +1512,7 @@ async fn store_only_here(n: usize) -> Result<Vec<Row>, String> {
     rows.push(row);
 
     // Claim one, record it succeeded, again.
-    let (cpu, commits, began) = (CpuMark::now(None, writer), store.commits(), Instant::now());
+    let (cpu, commits, began) = (CpuMark::now(None), store.commits(), Instant::now());
     let done = Arc::new(AtomicUsize::new(0));
     let mut set = JoinSet::new();
     for _ in 0..CONCURRENCY {
@@ -1473,6 +1590,498 @@ async fn store_only_here(n: usize) -> Result<Vec<Row>, String> {
     Ok(rows)
 }
 
+/// Callouts per `SqliteStore::enqueue` when filling a backlog (the most a batch POST holds).
+const FILL_BATCH: usize = 1000;
+
+/// Fills `db` with `n` queued callouts straight through `SqliteStore`, in batches of
+/// [`FILL_BATCH`] built as `Engine::enqueue` builds them (a UUID v7 id, the request hash,
+/// `run_at` = now, one `now` a batch) with the inputs the single phase POSTs; then closes the
+/// store, so a server can open the file. Returns the ids, oldest first.
+async fn fill(db: &Database, n: usize, deadline: Instant) -> Result<Vec<String>, String> {
+    let store = SqliteStore::open(&db.url())
+        .await
+        .map_err(|e| format!("the store to fill does not open: {e}"))?;
+    let filled = fill_open(&store, n, deadline).await;
+    // Closed whatever happened: the lock file must go before a server opens the file.
+    let closed = store
+        .close()
+        .await
+        .map_err(|e| format!("closing the filled store: {e}"));
+    let ids = filled?;
+    closed?;
+    Ok(ids)
+}
+
+async fn fill_open(
+    store: &SqliteStore,
+    n: usize,
+    deadline: Instant,
+) -> Result<Vec<String>, String> {
+    let mut ids = Vec::with_capacity(n);
+    for first in (0..n).step_by(FILL_BATCH) {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(format!(
+                "deadline passed with {first} of {n} callouts filled"
+            ));
+        }
+        let now = switchboard::engine::now_millis();
+        let batch: Vec<NewCallout> = (first..(first + FILL_BATCH).min(n))
+            .map(|i| {
+                let input = callout_input(i);
+                NewCallout {
+                    id: uuid::Uuid::now_v7().to_string(),
+                    function: FUNCTION.to_string(),
+                    connection: "bench".to_string(),
+                    request_hash: switchboard::engine::request_hash(FUNCTION, &input),
+                    input,
+                    idempotency_key: None,
+                    run_at: now,
+                    now,
+                }
+            })
+            .collect();
+        let count = batch.len();
+        ids.extend(batch.iter().map(|c| c.id.clone()));
+        let stored = tokio::time::timeout(left, store.enqueue(batch))
+            .await
+            .map_err(|_| format!("deadline passed with {first} of {n} callouts filled"))?
+            .map_err(|e| format!("filling the backlog: {e}"))?;
+        let created = stored
+            .iter()
+            .filter(|e| matches!(e, Enqueued::Created(_)))
+            .count();
+        if created != count {
+            return Err(format!("{created} of a batch of {count} callouts stored"));
+        }
+    }
+    Ok(ids)
+}
+
+/// A bound for filling `n` callouts: generous, but finite.
+fn fill_deadline(n: usize) -> Instant {
+    Instant::now() + Duration::from_secs_f64(60.0 + n as f64 / 1_000.0)
+}
+
+/// How many times a run drains a backlog of `b`: a small one drains in a fraction of a second,
+/// which one busy moment of another process can halve, so it is drained up to 5 times (20,000
+/// callouts in all) and the run takes the median.
+fn backlog_repeats(b: usize) -> usize {
+    (20_000 / b.max(1)).clamp(1, 5)
+}
+
+/// A filled database kept for the queued phase, with its callouts' ids.
+struct Filled {
+    db: Database,
+    ids: Vec<String>,
+}
+
+/// `b` callouts queued before a Switchboard with its dispatcher on starts: how fast it drains
+/// them. `first_k`: the calls the early rate is taken over. With `keep`, also returns a copy
+/// of the filled database, taken before the drain.
+async fn backlog(
+    up: &Upstream,
+    b: usize,
+    latency: u64,
+    first_k: usize,
+    keep: bool,
+    o: &Options,
+) -> Result<(Row, Option<Filled>), String> {
+    let db = Database::fresh()?;
+    let filling = Instant::now();
+    let ids = fill(&db, b, fill_deadline(b)).await?;
+    let fill_time = filling.elapsed();
+    let kept = if keep {
+        Some(Filled {
+            db: db.copy()?,
+            ids,
+        })
+    } else {
+        None
+    };
+    up.reset(latency)?;
+    up.note_answer_times();
+    let deadline = o.deadline(b, latency);
+    let mut cpu = CpuMark::now(None);
+    let spawned = Instant::now();
+    let mut sb = Switchboard::start_on(up, db, true, Start::Serve).await?;
+    let ready = spawned.elapsed();
+    cpu.attach(sb.pid);
+    let done = wait_done(&mut sb, up, b, deadline).await?;
+    let cpu = cpu.since();
+    let peak = sb.peak_rss_mb();
+    let (db_file, wal) = sb.db_bytes();
+    let counts = sb.counts().await?;
+    let succeeded = counts.get("succeeded").copied().unwrap_or(0);
+    let total: u64 = counts.values().sum();
+    if succeeded != b as u64 || total != b as u64 {
+        return Err(format!(
+            "backlog of {b}: {succeeded} succeeded of {total} stored, expected {b}: {counts:?}"
+        ));
+    }
+    let seen = up.counts();
+    check_upstream(&seen, b)?;
+    let answered = up.answer_times()?;
+    let (Some(&first), Some(&kth)) = (answered.first(), answered.get(first_k.max(1) - 1)) else {
+        return Err(format!(
+            "the upstream noted {} answer times, expected {b}",
+            answered.len()
+        ));
+    };
+    let drain = done.saturating_duration_since(first);
+    // From the call at 10 % to the one at 90 %: neither start-up nor the tail.
+    let (low, high) = (b / 10, b * 9 / 10);
+    let steady = match (answered.get(low), answered.get(high.saturating_sub(1))) {
+        (Some(&from), Some(&to)) if high > low + 1 => {
+            (high - low - 1) as f64 / to.saturating_duration_since(from).as_secs_f64()
+        }
+        _ => f64::NAN,
+    };
+    let mut row = Row::new(
+        format!("backlog-{b}@{latency}ms"),
+        &format!("backlog of {} queued before start", fmt(Some(b as f64), 0)),
+        b,
+    );
+    row.set("rate", b as f64 / drain.as_secs_f64())
+        .set("seconds", drain.as_secs_f64())
+        .set("first_k", first_k as f64)
+        .set(
+            "first_k_rate",
+            first_k as f64 / kth.saturating_duration_since(first).as_secs_f64(),
+        )
+        .set("steady_rate", steady)
+        .set(
+            "startup_ms",
+            first.saturating_duration_since(spawned).as_secs_f64() * 1e3,
+        )
+        .set("ready_ms", ready.as_secs_f64() * 1e3)
+        .set(
+            "rate_from_spawn",
+            b as f64 / done.saturating_duration_since(spawned).as_secs_f64(),
+        )
+        .set("fill_rate", b as f64 / fill_time.as_secs_f64())
+        .set("peak_rss_mb", peak)
+        .set("db_bytes_per_callout", (db_file + wal) as f64 / b as f64)
+        .set("db_file_bytes_per_callout", db_file as f64 / b as f64)
+        .set("upstream_peak", seen.peak as f64)
+        .set(
+            "upstream_mean_inflight",
+            seen.busy.as_secs_f64() / drain.as_secs_f64(),
+        );
+    cpu.figures(&mut row);
+    sb.stop().await?;
+    Ok((row, kept))
+}
+
+/// One kind of look-up of the queued phase.
+struct Lookup {
+    name: &'static str,
+    what: &'static str,
+    p50: &'static str,
+    p99: &'static str,
+    /// Held to the 5 ms target.
+    target: bool,
+}
+
+const LOOKUPS: [Lookup; 10] = [
+    Lookup {
+        name: "get",
+        what: "GET /v1/callouts/{id}, random ids",
+        p50: "get_p50_ms",
+        p99: "get_p99_ms",
+        target: true,
+    },
+    Lookup {
+        name: "attempts",
+        what: "GET /v1/callouts/{id}/attempts, random ids",
+        p50: "attempts_p50_ms",
+        p99: "attempts_p99_ms",
+        target: true,
+    },
+    Lookup {
+        name: "list",
+        what: "GET /v1/callouts?limit=50, first page",
+        p50: "list_p50_ms",
+        p99: "list_p99_ms",
+        target: true,
+    },
+    Lookup {
+        name: "list-deep",
+        what: "GET /v1/callouts?limit=50&cursor=…, 90 % deep",
+        p50: "list_deep_p50_ms",
+        p99: "list_deep_p99_ms",
+        target: true,
+    },
+    Lookup {
+        name: "queued",
+        what: "GET /v1/callouts?status=queued&limit=50, first page",
+        p50: "queued_p50_ms",
+        p99: "queued_p99_ms",
+        target: true,
+    },
+    Lookup {
+        name: "queued-deep",
+        what: "GET /v1/callouts?status=queued&limit=50&cursor=…, 90 % deep",
+        p50: "queued_deep_p50_ms",
+        p99: "queued_deep_p99_ms",
+        target: true,
+    },
+    Lookup {
+        name: "function-queued",
+        what: "GET /v1/callouts?function=…&status=queued&limit=50, first page",
+        p50: "function_queued_p50_ms",
+        p99: "function_queued_p99_ms",
+        target: true,
+    },
+    Lookup {
+        name: "walk",
+        what: "GET /v1/callouts?limit=500&cursor=…, walking to 90 % deep",
+        p50: "walk_p50_ms",
+        p99: "walk_p99_ms",
+        target: false,
+    },
+    Lookup {
+        name: "readyz",
+        what: "GET /readyz",
+        p50: "readyz_p50_ms",
+        p99: "readyz_p99_ms",
+        target: false,
+    },
+    Lookup {
+        name: "metrics",
+        what: "GET /metrics",
+        p50: "metrics_p50_ms",
+        p99: "metrics_p99_ms",
+        target: false,
+    },
+];
+
+/// Look-ups of each kind in the queued phase.
+const LOOKUP_COUNT: usize = 200;
+
+/// One GET with the caller key, expecting 200; returns the body and the round trip (to the
+/// last byte of the body, before any parsing).
+async fn get_timed(client: &reqwest::Client, url: &str) -> Result<(Bytes, u64), String> {
+    let began = Instant::now();
+    let response = client
+        .get(url)
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .map_err(|e| format!("GET {url}: {e}"))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| format!("GET {url}: reading the answer: {e}"))?;
+    let micros = began.elapsed().as_micros() as u64;
+    if status != StatusCode::OK {
+        return Err(format!(
+            "GET {url} answered {status}: {}",
+            String::from_utf8_lossy(&body)
+        ));
+    }
+    Ok((body, micros))
+}
+
+/// A page of `GET /v1/callouts`: its ids and its `next_cursor`.
+fn page_of(url: &str, body: &[u8]) -> Result<(Vec<String>, Option<String>), String> {
+    let page: Value =
+        serde_json::from_slice(body).map_err(|e| format!("GET {url}: not JSON: {e}"))?;
+    let ids = page["callouts"]
+        .as_array()
+        .ok_or_else(|| format!("GET {url}: no callouts in {page}"))?
+        .iter()
+        .map(|c| c["id"].as_str().map(str::to_string))
+        .collect::<Option<Vec<_>>>()
+        .ok_or_else(|| format!("GET {url}: a callout without an id"))?;
+    Ok((ids, page["next_cursor"].as_str().map(str::to_string)))
+}
+
+/// `LOOKUP_COUNT` sequential GETs of `url(i)`, each answer checked by `check(i, body)`.
+async fn lookups(
+    client: &reqwest::Client,
+    deadline: Instant,
+    url: impl Fn(usize) -> String,
+    check: impl Fn(usize, &str, &[u8]) -> Result<(), String>,
+) -> Result<Trips, String> {
+    let mut trips = Trips::default();
+    for i in 0..LOOKUP_COUNT {
+        if Instant::now() > deadline {
+            return Err(format!("deadline passed after {i} look-ups"));
+        }
+        let url = url(i);
+        let (body, micros) = get_timed(client, &url).await?;
+        check(i, &url, &body)?;
+        trips.micros.push(micros);
+    }
+    Ok(trips)
+}
+
+/// `ids.len()` callouts queued in `db` under a Switchboard with its dispatcher off: its memory,
+/// and the round trips of look-ups over HTTP.
+async fn queued(up: &Upstream, filled: Filled) -> Result<Row, String> {
+    let Filled { db, mut ids } = filled;
+    // The API's order (newest first is the reverse).
+    ids.sort_unstable();
+    let n = ids.len();
+    let spawned = Instant::now();
+    let mut sb = Switchboard::start_on(up, db, false, Start::Serve).await?;
+    let ready = spawned.elapsed();
+    let rss_start = sb.rss_mb();
+    let counts = sb.counts().await?;
+    let queued_now = counts.get("queued").copied().unwrap_or(0);
+    if queued_now != n as u64 {
+        return Err(format!(
+            "{queued_now} callouts queued, expected {n}: {counts:?}"
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let client = http_client()?;
+    let base = sb.base.clone();
+    let mut trips: BTreeMap<&'static str, Trips> = BTreeMap::new();
+
+    // Random ids, the same every run.
+    let mut state: u64 = 0x9E37_79B9_7F4A_7C15;
+    let picks: Vec<usize> = (0..LOOKUP_COUNT)
+        .map(|_| {
+            // xorshift64
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % n as u64) as usize
+        })
+        .collect();
+    let id = |i: usize| ids[picks[i]].as_str();
+    let t = lookups(
+        &client,
+        deadline,
+        |i| format!("{base}/v1/callouts/{}", id(i)),
+        |i, url, body| {
+            let callout: Value =
+                serde_json::from_slice(body).map_err(|e| format!("GET {url}: not JSON: {e}"))?;
+            if callout["id"].as_str() != Some(id(i)) || callout["status"] != "queued" {
+                return Err(format!("GET {url} answered {callout}"));
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    trips.insert("get", t);
+    let t = lookups(
+        &client,
+        deadline,
+        |i| format!("{base}/v1/callouts/{}/attempts", id(i)),
+        |_, url, body| {
+            let journal: Value =
+                serde_json::from_slice(body).map_err(|e| format!("GET {url}: not JSON: {e}"))?;
+            if journal["attempts"].as_array().is_none_or(|a| !a.is_empty()) {
+                return Err(format!("GET {url} answered {journal}"));
+            }
+            Ok(())
+        },
+    )
+    .await?;
+    trips.insert("attempts", t);
+
+    // Walk to 90 % deep in pages of 500; the cursor there serves the deep pages.
+    let pages = (n * 9 / 10 / 500).max(1);
+    let mut walk = Trips::default();
+    let mut cursor: Option<String> = None;
+    for page in 0..pages {
+        if Instant::now() > deadline {
+            return Err(format!("deadline passed after {page} pages of 500"));
+        }
+        let url = match &cursor {
+            None => format!("{base}/v1/callouts?limit=500"),
+            Some(c) => format!("{base}/v1/callouts?limit=500&cursor={c}"),
+        };
+        let (body, micros) = get_timed(&client, &url).await?;
+        walk.micros.push(micros);
+        let (got, next) = page_of(&url, &body)?;
+        let want = 500.min(n - page * 500);
+        if got.len() != want
+            || got.first().map(String::as_str) != ids.get(n - 1 - page * 500).map(String::as_str)
+        {
+            return Err(format!(
+                "GET {url}: {} callouts from {:?}, expected {want} from {:?}",
+                got.len(),
+                got.first(),
+                ids.get(n - 1 - page * 500)
+            ));
+        }
+        cursor = next;
+        if cursor.is_none() {
+            break;
+        }
+    }
+    trips.insert("walk", walk);
+    let depth = pages * 500;
+    // A page of up to 50 from `from` (newest first) on, or `None` past the end.
+    let expect = |from: usize| (from < n).then(|| (50.min(n - from), ids[n - 1 - from].clone()));
+    let page_check = |from: usize| {
+        move |_: usize, url: &str, body: &[u8]| -> Result<(), String> {
+            let (got, _) = page_of(url, body)?;
+            let want = expect(from);
+            let found = (!got.is_empty()).then(|| (got.len(), got[0].clone()));
+            if found != want {
+                return Err(format!("GET {url}: found {found:?}, expected {want:?}"));
+            }
+            Ok(())
+        }
+    };
+    for (name, query, from) in [
+        ("list", String::new(), 0),
+        ("queued", "&status=queued".to_string(), 0),
+        (
+            "function-queued",
+            format!("&function={FUNCTION}&status=queued"),
+            0,
+        ),
+    ] {
+        let url = format!("{base}/v1/callouts?limit=50{query}");
+        let t = lookups(&client, deadline, |_| url.clone(), page_check(from)).await?;
+        trips.insert(name, t);
+    }
+    if let Some(cursor) = &cursor {
+        for (name, query) in [("list-deep", ""), ("queued-deep", "&status=queued")] {
+            let url = format!("{base}/v1/callouts?limit=50&cursor={cursor}{query}");
+            let t = lookups(&client, deadline, |_| url.clone(), page_check(depth)).await?;
+            trips.insert(name, t);
+        }
+    }
+    for name in ["readyz", "metrics"] {
+        let url = format!("{base}/{name}");
+        let t = lookups(&client, deadline, |_| url.clone(), |_, _, _| Ok(())).await?;
+        trips.insert(name, t);
+    }
+
+    let mut row = Row::new(
+        format!("queued-{n}"),
+        &format!(
+            "{} queued, dispatcher off: look-ups",
+            fmt(Some(n as f64), 0)
+        ),
+        n,
+    );
+    row.set("rss_start_mb", rss_start)
+        .set("rss_mb", sb.rss_mb())
+        .set("peak_rss_mb", sb.peak_rss_mb())
+        .set("ready_ms", ready.as_secs_f64() * 1e3)
+        .set(
+            "walk_pages",
+            trips.get("walk").map_or(0, |t| t.micros.len()) as f64,
+        );
+    for lookup in &LOOKUPS {
+        if let Some(t) = trips.get(lookup.name) {
+            let (p50, p99) = trip_ms(t);
+            row.set(lookup.p50, p50).set(lookup.p99, p99);
+        }
+    }
+    sb.stop().await?;
+    Ok(row)
+}
+
 // ---------------------------------------------------------------------------------------------
 // CPU time by thread
 
@@ -1492,21 +2101,16 @@ fn thread_times(process: &str) -> Vec<(u32, String, u64)> {
     .collect()
 }
 
-/// Threads of sqlx's SQLite connections in this process (one per connection).
-fn sqlite_threads() -> HashSet<u32> {
-    thread_times("self")
-        .into_iter()
-        .filter(|(_, comm, _)| comm.starts_with("sqlx-sqlite"))
-        .map(|(tid, _, _)| tid)
-        .collect()
-}
+/// The name of the SQLite store's writer thread (in the server process, or in this one for
+/// the store phase).
+const WRITER_THREAD: &str = "sqlite-writer";
 
 const CPU_GROUPS: [(&str, &str); 5] = [
     (
         "cpu_server_us",
         "Switchboard runtime (API, engine, dispatcher, wrapper)",
     ),
-    ("cpu_writer_us", "SQLite write connection thread"),
+    ("cpu_writer_us", "SQLite writer thread"),
     ("cpu_readers_us", "SQLite read connection threads"),
     ("cpu_bench_us", "load client and upstream"),
     ("cpu_other_us", "other threads"),
@@ -1519,7 +2123,6 @@ struct CpuMark {
     machine_busy: Duration,
     server: Option<u32>,
     before: BTreeMap<u32, u64>,
-    writer: Option<u32>,
 }
 
 /// Busy CPU time of the whole machine since boot, from `/proc/stat` (clock ticks of 10 ms).
@@ -1564,9 +2167,8 @@ impl CpuMark {
         all
     }
 
-    /// `server`: the server process, if any; `writer`: the SQLite write connection's thread
-    /// (in the server process, or in this one for the store phase).
-    fn now(server: Option<u32>, writer: Option<u32>) -> CpuMark {
+    /// `server`: the server process, if any.
+    fn now(server: Option<u32>) -> CpuMark {
         CpuMark {
             at: Instant::now(),
             machine_busy: machine_busy(),
@@ -1575,8 +2177,13 @@ impl CpuMark {
                 .into_iter()
                 .map(|(tid, _, ns)| (tid, ns))
                 .collect(),
-            writer,
         }
+    }
+
+    /// Takes in a server process started after the mark: its threads count from zero, so its
+    /// start-up is in the figures.
+    fn attach(&mut self, server: u32) {
+        self.server = Some(server);
     }
 
     /// Threads that ended during the phase are missed (tokio's idle blocking threads only).
@@ -1584,14 +2191,12 @@ impl CpuMark {
         let mut by_group: BTreeMap<&'static str, Duration> = BTreeMap::new();
         for (tid, comm, ns) in CpuMark::threads(self.server) {
             let spent = ns.saturating_sub(self.before.get(&tid).copied().unwrap_or(0));
-            let group = if comm.starts_with("sb-worker") {
+            let group = if comm == WRITER_THREAD {
+                "cpu_writer_us"
+            } else if comm.starts_with("sb-worker") {
                 "cpu_server_us"
             } else if comm.starts_with("sqlx-sqlite") {
-                if Some(tid) == self.writer {
-                    "cpu_writer_us"
-                } else {
-                    "cpu_readers_us"
-                }
+                "cpu_readers_us"
             } else if comm.starts_with("bench-worker") || tid == std::process::id() {
                 "cpu_bench_us"
             } else {
@@ -1668,7 +2273,26 @@ impl Results {
 
 fn summary(row: &Row) -> String {
     let v = |name: &str| row.values.get(name).copied().unwrap_or(f64::NAN);
+    if row.key.starts_with("queued-") {
+        let mut text = format!(
+            "rss {:.1} MB, peak {:.1} MB; p99 ms:",
+            v("rss_mb"),
+            v("peak_rss_mb")
+        );
+        for lookup in &LOOKUPS {
+            if let Some(p99) = row.values.get(lookup.p99) {
+                text.push_str(&format!(" {} {p99:.1}", lookup.name));
+            }
+        }
+        return text;
+    }
     let mut text = format!("{:>8.0}/s", v("rate"));
+    if let Some(r) = row.values.get("first_k_rate") {
+        text.push_str(&format!("  first {} {r:.0}/s", v("first_k")));
+    }
+    if let Some(r) = row.values.get("ratio_to_smallest_backlog") {
+        text.push_str(&format!("  {r:.2} × smallest backlog"));
+    }
     if let Some(r) = row.values.get("ratio_to_ceiling") {
         text.push_str(&format!("  {r:.2} × ceiling"));
     }
@@ -1750,8 +2374,21 @@ fn fmt(value: Option<f64>, decimals: usize) -> String {
     }
 }
 
-/// The table (Markdown), the target verdicts, and the JSON document.
-fn report(results: &Results, o: &Options) -> (String, String, Vec<String>, Value) {
+/// What a run prints and writes.
+struct Report {
+    /// The main table (Markdown).
+    table: String,
+    /// CPU time by thread group (Markdown).
+    cpu: String,
+    /// The backlog and queued phases' own tables (Markdown), if they ran.
+    backlog: String,
+    queued: String,
+    verdicts: Vec<String>,
+    document: Value,
+}
+
+/// The tables, the target verdicts, and the JSON document.
+fn report(results: &Results, o: &Options) -> Report {
     let mut table = String::from(
         "| scenario | N | callouts/s | × ceiling | latency p50 / p99 (ms) | mean in flight | peak RSS (MB) | DB bytes/callout: file + WAL | commits/callout |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
@@ -1769,22 +2406,25 @@ fn report(results: &Results, o: &Options) -> (String, String, Vec<String>, Value
             Some((_, lat)) => format!("{} ({lat} upstream)", first.what),
             None => first.what.clone(),
         };
-        table.push_str(&format!(
-            "| {label} | {} | {} | {} | {} / {} | {} | {} | {} | {} |\n",
-            fmt(Some(first.n as f64), 0),
-            fmt(m("rate"), 0),
-            fmt(ratio, 2),
-            fmt(m("p50_ms"), 1),
-            fmt(m("p99_ms"), 1),
-            fmt(m("upstream_mean_inflight"), 1),
-            fmt(m("peak_rss_mb"), 1),
-            match (m("db_file_bytes_per_callout"), m("db_bytes_per_callout")) {
-                (Some(file), Some(all)) =>
-                    format!("{} + {}", fmt(Some(file), 0), fmt(Some(all - file), 0)),
-                _ => "–".to_string(),
-            },
-            fmt(m("commits_per_callout"), 3),
-        ));
+        // The queued phase has a table of its own.
+        if !key.starts_with("queued-") {
+            table.push_str(&format!(
+                "| {label} | {} | {} | {} | {} / {} | {} | {} | {} | {} |\n",
+                fmt(Some(first.n as f64), 0),
+                fmt(m("rate"), 0),
+                fmt(ratio, 2),
+                fmt(m("p50_ms"), 1),
+                fmt(m("p99_ms"), 1),
+                fmt(m("upstream_mean_inflight"), 1),
+                fmt(m("peak_rss_mb"), 1),
+                match (m("db_file_bytes_per_callout"), m("db_bytes_per_callout")) {
+                    (Some(file), Some(all)) =>
+                        format!("{} + {}", fmt(Some(file), 0), fmt(Some(all - file), 0)),
+                    _ => "–".to_string(),
+                },
+                fmt(m("commits_per_callout"), 3),
+            ));
+        }
         let names: HashSet<&str> = rows.iter().flat_map(|r| r.values.keys().copied()).collect();
         let mut medians = serde_json::Map::new();
         let mut sorted: Vec<&str> = names.into_iter().collect();
@@ -1817,7 +2457,7 @@ fn report(results: &Results, o: &Options) -> (String, String, Vec<String>, Value
         "| scenario | Switchboard runtime | SQLite writer | SQLite readers | client + upstream | total | cores busy | other processes (cores) |\n\
          | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
-    for key in &results.order {
+    for key in results.order.iter().filter(|k| !k.starts_with("queued-")) {
         let m = |name: &str| results.median(key, name);
         cpu.push_str(&format!(
             "| {key} | {} | {} | {} | {} | {} | {} | {} |\n",
@@ -1895,12 +2535,14 @@ fn report(results: &Results, o: &Options) -> (String, String, Vec<String>, Value
             verdict(rate >= 15_000.0)
         ));
     }
+    let (backlog, queued) = backlog_tables(results, o, &mut verdicts);
     let document = json!({
         "benchmark": "pipeline",
         "command": "cargo bench --bench pipeline",
         "options": {
             "n": o.n, "enqueue_n": o.enqueue_n, "latencies_ms": o.latencies, "runs": o.runs,
-            "batch": o.batch, "quick": o.quick, "concurrency": CONCURRENCY,
+            "batch": o.batch, "backlog": o.backlog, "quick": o.quick,
+            "concurrency": CONCURRENCY,
         },
         "machine": machine(),
         "unix_time": std::time::SystemTime::now()
@@ -1909,7 +2551,130 @@ fn report(results: &Results, o: &Options) -> (String, String, Vec<String>, Value
         "rows": rows_json,
         "targets": verdicts,
     });
-    (table, cpu, verdicts, document)
+    Report {
+        table,
+        cpu,
+        backlog,
+        queued,
+        verdicts,
+        document,
+    }
+}
+
+/// The backlog and queued phases' tables; adds their verdicts.
+fn backlog_tables(results: &Results, o: &Options, verdicts: &mut Vec<String>) -> (String, String) {
+    let verdict = |met: bool| if met { "met" } else { "NOT met" };
+    let keys = |prefix: &str| -> Vec<&String> {
+        results
+            .order
+            .iter()
+            .filter(|k| k.starts_with(prefix))
+            .collect()
+    };
+    let mut backlog = String::new();
+    let drains = keys("backlog-");
+    if !drains.is_empty() {
+        backlog.push_str(
+            "| backlog queued before start | drain: first call → all over (/s) | × smallest | calls 10 % → 90 % (/s) | × smallest | first calls | their rate (/s) | × smallest | spawn → first call (ms) | spawn → all over (/s) | peak RSS (MB) | CPU (µs/callout) | fill through the store (/s) |\n\
+             | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        );
+    }
+    for key in &drains {
+        let m = |name: &str| results.median(key, name);
+        let lat = key.split_once('@').map_or("", |(_, lat)| lat);
+        backlog.push_str(&format!(
+            "| {} ({lat} upstream) | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            fmt(
+                results
+                    .runs
+                    .get(*key)
+                    .and_then(|r| r.first())
+                    .map(|r| r.n as f64),
+                0
+            ),
+            fmt(m("rate"), 0),
+            fmt(m("ratio_to_smallest_backlog"), 2),
+            fmt(m("steady_rate"), 0),
+            fmt(m("steady_ratio_to_smallest_backlog"), 2),
+            fmt(m("first_k"), 0),
+            fmt(m("first_k_rate"), 0),
+            fmt(m("first_k_ratio_to_smallest_backlog"), 2),
+            fmt(m("startup_ms"), 0),
+            fmt(m("rate_from_spawn"), 0),
+            fmt(m("peak_rss_mb"), 1),
+            fmt(m("cpu_total_us"), 0),
+            fmt(m("fill_rate"), 0),
+        ));
+    }
+    if let ([smallest, .., largest], Some(lat)) = (o.backlog.as_slice(), o.latencies.iter().min()) {
+        let key = format!("backlog-{largest}@{lat}ms");
+        if let Some(ratio) = results.median(&key, "ratio_to_smallest_backlog") {
+            verdicts.push(format!(
+                "{lat} ms upstream, drain rate with {} queued before start against {}: {ratio:.2} \
+                 ({} against {}/s; from the call at 10 % to the one at 90 % {}; over the first {} \
+                 calls {}) (target ≥ 0.90): {}",
+                fmt(Some(*largest as f64), 0),
+                fmt(Some(*smallest as f64), 0),
+                fmt(results.median(&key, "rate"), 0),
+                fmt(
+                    results.median(&format!("backlog-{smallest}@{lat}ms"), "rate"),
+                    0
+                ),
+                fmt(results.median(&key, "steady_ratio_to_smallest_backlog"), 2),
+                fmt(results.median(&key, "first_k"), 0),
+                fmt(results.median(&key, "first_k_ratio_to_smallest_backlog"), 2),
+                verdict(ratio >= 0.90)
+            ));
+        }
+    }
+
+    let mut queued = String::new();
+    for key in keys("queued-") {
+        let m = |name: &str| results.median(key, name);
+        let n = results
+            .runs
+            .get(key)
+            .and_then(|r| r.first())
+            .map_or(0, |r| r.n);
+        queued.push_str(&format!(
+            "{} callouts queued, dispatcher off: RSS {} MB after start-up, {} MB after the \
+             look-ups, peak (VmHWM) {} MB; spawn → ready {} ms\n\n\
+             | look-up ({LOOKUP_COUNT} sequential, one connection; pages walked: {}) | p50 (ms) | p99 (ms) |\n\
+             | --- | ---: | ---: |\n",
+            fmt(Some(n as f64), 0),
+            fmt(m("rss_start_mb"), 1),
+            fmt(m("rss_mb"), 1),
+            fmt(m("peak_rss_mb"), 1),
+            fmt(m("ready_ms"), 0),
+            fmt(m("walk_pages"), 0),
+        ));
+        for lookup in &LOOKUPS {
+            queued.push_str(&format!(
+                "| {} | {} | {} |\n",
+                lookup.what,
+                fmt(m(lookup.p50), 2),
+                fmt(m(lookup.p99), 2)
+            ));
+        }
+        if let Some(peak) = m("peak_rss_mb") {
+            verdicts.push(format!(
+                "{} queued, dispatcher off: peak RSS {peak:.1} MB (target ≤ 64 MB): {}",
+                fmt(Some(n as f64), 0),
+                verdict(peak <= 64.0)
+            ));
+        }
+        for lookup in LOOKUPS.iter().filter(|l| l.target) {
+            if let Some(p99) = m(lookup.p99) {
+                verdicts.push(format!(
+                    "{} queued, {}: p99 {p99:.2} ms (target < 5 ms): {}",
+                    fmt(Some(n as f64), 0),
+                    lookup.what,
+                    verdict(p99 < 5.0)
+                ));
+            }
+        }
+    }
+    (backlog, queued)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1924,6 +2689,63 @@ fn compared(mut row: Row, ceiling_rate: Option<f64>) -> Row {
     row
 }
 
+/// The backlog phase, at the smallest latency, then the queued phase on the largest backlog.
+async fn backlog_phases(up: &Upstream, o: &Options, results: &mut Results) -> Result<(), String> {
+    let (Some(&smallest), Some(&largest), Some(&latency)) = (
+        o.backlog.first(),
+        o.backlog.last(),
+        o.latencies.iter().min(),
+    ) else {
+        return Ok(());
+    };
+    let mut kept = None;
+    if o.runs_phase("backlog") {
+        let first_k = smallest.min(1_000);
+        // The smallest backlog's rates in this run: the medians of its repeats.
+        let mut base: Option<(f64, f64, f64)> = None;
+        for &b in &o.backlog {
+            let mut rows = Vec::new();
+            for repeat in 0..backlog_repeats(b) {
+                let keep = o.runs_phase("queued") && b == largest && repeat == 0;
+                let (row, copy) = backlog(up, b, latency, first_k, keep, o).await?;
+                kept = copy.or(kept);
+                rows.push(row);
+            }
+            let of_repeats = |name: &str| {
+                let values: Vec<f64> = rows
+                    .iter()
+                    .filter_map(|r| r.values.get(name).copied())
+                    .collect();
+                median(&values)
+            };
+            let here = (
+                of_repeats("rate"),
+                of_repeats("first_k_rate"),
+                of_repeats("steady_rate"),
+            );
+            let (rate, first, steady) = *base.get_or_insert(here);
+            for mut row in rows {
+                row.set("ratio_to_smallest_backlog", here.0 / rate)
+                    .set("first_k_ratio_to_smallest_backlog", here.1 / first)
+                    .set("steady_ratio_to_smallest_backlog", here.2 / steady);
+                results.add(row);
+            }
+        }
+    }
+    if o.runs_phase("queued") {
+        let filled = match kept {
+            Some(filled) => filled,
+            None => {
+                let db = Database::fresh()?;
+                let ids = fill(&db, largest, fill_deadline(largest)).await?;
+                Filled { db, ids }
+            }
+        };
+        results.add(queued(up, filled).await?);
+    }
+    Ok(())
+}
+
 async fn run(o: &Options, rt: &Handle) -> Result<(), String> {
     let up = Upstream::start().await?;
     let mut results = Results {
@@ -1931,8 +2753,9 @@ async fn run(o: &Options, rt: &Handle) -> Result<(), String> {
         runs: BTreeMap::new(),
     };
     println!(
-        "pipeline: N = {}, enqueue N = {}, latencies {:?} ms, {} run(s), batch {}, cap {CONCURRENCY}",
-        o.n, o.enqueue_n, o.latencies, o.runs, o.batch
+        "pipeline: N = {}, enqueue N = {}, latencies {:?} ms, {} run(s), batch {}, backlog {:?}, \
+         cap {CONCURRENCY}",
+        o.n, o.enqueue_n, o.latencies, o.runs, o.batch, o.backlog
     );
     for run in 1..=o.runs {
         println!("run {run} of {}", o.runs);
@@ -1983,10 +2806,18 @@ async fn run(o: &Options, rt: &Handle) -> Result<(), String> {
                 results.add(row);
             }
         }
+        backlog_phases(&up, o, &mut results).await?;
     }
     up.stop().await;
 
-    let (table, cpu, verdicts, document) = report(&results, o);
+    let Report {
+        table,
+        cpu,
+        backlog,
+        queued,
+        verdicts,
+        document,
+    } = report(&results, o);
     println!();
     println!(
         "medians of {} run(s); latency: enqueue-to-completion (Switchboard end to end), request \
@@ -2000,6 +2831,19 @@ async fn run(o: &Options, rt: &Handle) -> Result<(), String> {
     );
     print!("{cpu}");
     println!();
+    if !backlog.is_empty() {
+        println!(
+            "Backlog drain (medians): callouts queued through the store before a Switchboard \
+             starts with its dispatcher on; rates at the upstream's first call, × the smallest \
+             backlog of the same run:"
+        );
+        print!("{backlog}");
+        println!();
+    }
+    if !queued.is_empty() {
+        print!("{queued}");
+        println!();
+    }
     if o.quick {
         println!("quick run: too small and too short to judge the targets by");
     }
