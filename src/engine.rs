@@ -109,6 +109,14 @@ pub enum Accepted {
     Existing(Callout),
 }
 
+/// Requests checked: each one's answer so far, and the callouts to store.
+struct Checked {
+    answers: Vec<Option<Result<Accepted, Refusal>>>,
+    /// For each callout of `batch`, the index of its answer.
+    slots: Vec<usize>,
+    batch: Vec<NewCallout>,
+}
+
 pub(crate) struct Inner {
     pub config: EngineConfig,
     pub store: Arc<dyn Store>,
@@ -261,53 +269,21 @@ impl Engine {
 
     /// Checks and enqueues callouts in one durable commit. Each request gets its own answer.
     ///
+    /// A callout with an idempotency key is stored with its [`request_hash`]; one without a
+    /// key is stored with an empty hash, which nothing reads (the hash only tells "same key,
+    /// other request" apart).
+    ///
     /// # Errors
     /// The store failed; nothing was enqueued.
     pub async fn enqueue(
         &self,
         requests: Vec<CalloutRequest>,
     ) -> Result<Vec<Result<Accepted, Refusal>>, StoreError> {
-        let version = self.version();
-        let now = now_millis();
-        let mut answers: Vec<Option<Result<Accepted, Refusal>>> =
-            Vec::with_capacity(requests.len());
-        let mut batch = Vec::new();
-        let mut slots = Vec::new();
-        for (i, req) in requests.into_iter().enumerate() {
-            let Some((conn, function)) = version.metadata.function(&req.function) else {
-                answers.push(Some(Err(Refusal::UnknownFunction(req.function))));
-                continue;
-            };
-            if matches!(conn.type_name.as_str(), "soap" | "s3") {
-                answers.push(Some(Err(Refusal::NotRunnable(format!(
-                    "`{}` is on a connection of type {}, which cannot run callouts in this version yet",
-                    req.function, conn.type_name
-                )))));
-                continue;
-            }
-            let failures: Vec<(String, String)> = function
-                .input_schema
-                .validator
-                .iter_errors(&req.input)
-                .map(|e| (e.instance_path().to_string(), e.to_string()))
-                .collect();
-            if !failures.is_empty() {
-                answers.push(Some(Err(Refusal::InvalidInput(failures))));
-                continue;
-            }
-            answers.push(None);
-            slots.push(i);
-            batch.push(NewCallout {
-                id: uuid::Uuid::now_v7().to_string(),
-                request_hash: request_hash(&req.function, &req.input),
-                function: req.function,
-                connection: conn.name.clone(),
-                input: req.input,
-                idempotency_key: req.idempotency_key,
-                run_at: req.run_at.unwrap_or(now).max(now),
-                now,
-            });
-        }
+        let Checked {
+            mut answers,
+            slots,
+            batch,
+        } = self.check(requests, now_millis());
         if !batch.is_empty() {
             let stored = self.inner.store.enqueue(batch).await?;
             for (slot, outcome) in slots.into_iter().zip(stored) {
@@ -323,6 +299,67 @@ impl Engine {
             .into_iter()
             .map(|a| a.unwrap_or(Err(Refusal::UnknownFunction(String::new()))))
             .collect())
+    }
+
+    /// Checks each request against the current metadata: a refusal, or a callout to store
+    /// (its answer left `None` and its index in `slots`, in the order of `batch`).
+    fn check(&self, requests: Vec<CalloutRequest>, now: Millis) -> Checked {
+        // A guard, not an `Arc`: no shared reference count to bump per request, and it is
+        // gone before the store is awaited.
+        let version = self.inner.current.load();
+        let mut answers: Vec<Option<Result<Accepted, Refusal>>> =
+            Vec::with_capacity(requests.len());
+        let mut batch = Vec::with_capacity(requests.len());
+        let mut slots = Vec::with_capacity(requests.len());
+        for (i, req) in requests.into_iter().enumerate() {
+            let Some((conn, function)) = version.metadata.function(&req.function) else {
+                answers.push(Some(Err(Refusal::UnknownFunction(req.function))));
+                continue;
+            };
+            if matches!(conn.type_name.as_str(), "soap" | "s3") {
+                answers.push(Some(Err(Refusal::NotRunnable(format!(
+                    "`{}` is on a connection of type {}, which cannot run callouts in this version yet",
+                    req.function, conn.type_name
+                )))));
+                continue;
+            }
+            // `is_valid` stops at the first failure and builds no error; the failures are
+            // collected only for input that has some.
+            let validator = &function.input_schema.validator;
+            if !validator.is_valid(&req.input) {
+                let failures: Vec<(String, String)> = validator
+                    .iter_errors(&req.input)
+                    .map(|e| (e.instance_path().to_string(), e.to_string()))
+                    .collect();
+                if !failures.is_empty() {
+                    answers.push(Some(Err(Refusal::InvalidInput(failures))));
+                    continue;
+                }
+            }
+            answers.push(None);
+            slots.push(i);
+            // The hash only tells "same key, other request" apart: without a key, nothing
+            // reads it.
+            let hash = match &req.idempotency_key {
+                Some(_) => request_hash(&req.function, &req.input),
+                None => String::new(),
+            };
+            batch.push(NewCallout {
+                id: uuid::Uuid::now_v7().to_string(),
+                request_hash: hash,
+                function: req.function,
+                connection: conn.name.clone(),
+                input: req.input,
+                idempotency_key: req.idempotency_key,
+                run_at: req.run_at.unwrap_or(now).max(now),
+                now,
+            });
+        }
+        Checked {
+            answers,
+            slots,
+            batch,
+        }
     }
 
     /// Waits until the callout's status is final or `timeout` passes, then returns it.
@@ -379,48 +416,78 @@ impl Engine {
     }
 }
 
-/// SHA-256 over the function and the canonical JSON of the input (keys sorted).
+/// SHA-256 (lowercase hex) over the function, a zero byte, and the canonical JSON of the input:
+/// object keys sorted, no whitespace, strings and numbers as `serde_json` writes them.
+///
+/// [`Engine::enqueue`] computes it only for a callout with an idempotency key (a callout without
+/// one stores an empty hash). The text is hashed as it is written, with no intermediate string;
+/// it must stay byte-for-byte the same, since hashes stored by earlier versions are compared
+/// with new ones.
 pub fn request_hash(function: &str, input: &Value) -> String {
-    fn canonical(value: &Value, out: &mut String) {
-        match value {
-            Value::Object(map) => {
-                let mut keys: Vec<&String> = map.keys().collect();
-                keys.sort();
-                out.push('{');
-                for (i, k) in keys.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    out.push_str(&Value::String((*k).clone()).to_string());
-                    out.push(':');
-                    canonical(&map[*k], out);
-                }
-                out.push('}');
-            }
-            Value::Array(items) => {
-                out.push('[');
-                for (i, item) in items.iter().enumerate() {
-                    if i > 0 {
-                        out.push(',');
-                    }
-                    canonical(item, out);
-                }
-                out.push(']');
-            }
-            other => out.push_str(&other.to_string()),
-        }
+    let mut hasher = HashWriter(Sha256::new());
+    hasher.0.update(function.as_bytes());
+    hasher.0.update([0u8]);
+    canonical(input, &mut hasher);
+    let digest = hasher.0.finalize();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(digest.len() * 2);
+    for b in digest {
+        out.push(char::from(HEX[usize::from(b >> 4)]));
+        out.push(char::from(HEX[usize::from(b & 0x0f)]));
     }
-    let mut text = String::new();
-    canonical(input, &mut text);
-    let mut hasher = Sha256::new();
-    hasher.update(function.as_bytes());
-    hasher.update([0u8]);
-    hasher.update(text.as_bytes());
-    hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    out
+}
+
+/// Feeds what `serde_json` writes straight into the hash.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Writes the canonical JSON of `value` (keys sorted) into the hash.
+fn canonical(value: &Value, out: &mut HashWriter) {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            // Already sorted unless serde_json keeps insertion order (`preserve_order`).
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            out.0.update(b"{");
+            for (i, (k, v)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.0.update(b",");
+                }
+                write_scalar(k, out);
+                out.0.update(b":");
+                canonical(v, out);
+            }
+            out.0.update(b"}");
+        }
+        Value::Array(items) => {
+            out.0.update(b"[");
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.0.update(b",");
+                }
+                canonical(item, out);
+            }
+            out.0.update(b"]");
+        }
+        other => write_scalar(other, out),
+    }
+}
+
+/// Writes a string or a scalar as compact JSON. Writing into a hash cannot fail, and neither can
+/// serialising a string or a `Value` scalar.
+fn write_scalar<T: serde::Serialize + ?Sized>(value: &T, out: &mut HashWriter) {
+    let _ = serde_json::to_writer(out, value);
 }
 
 #[cfg(test)]
@@ -435,5 +502,74 @@ mod tests {
         assert_eq!(request_hash("f.g", &a), request_hash("f.g", &b));
         assert_ne!(request_hash("f.g", &a), request_hash("f.g", &c));
         assert_ne!(request_hash("f.g", &a), request_hash("f.h", &a));
+    }
+
+    /// The hash as the first version computed it (through an intermediate string); hashes it
+    /// stored must still match.
+    fn first_request_hash(function: &str, input: &Value) -> String {
+        fn canonical(value: &Value, out: &mut String) {
+            match value {
+                Value::Object(map) => {
+                    let mut keys: Vec<&String> = map.keys().collect();
+                    keys.sort();
+                    out.push('{');
+                    for (i, k) in keys.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        out.push_str(&Value::String((*k).clone()).to_string());
+                        out.push(':');
+                        canonical(&map[*k], out);
+                    }
+                    out.push('}');
+                }
+                Value::Array(items) => {
+                    out.push('[');
+                    for (i, item) in items.iter().enumerate() {
+                        if i > 0 {
+                            out.push(',');
+                        }
+                        canonical(item, out);
+                    }
+                    out.push(']');
+                }
+                other => out.push_str(&other.to_string()),
+            }
+        }
+        let mut text = String::new();
+        canonical(input, &mut text);
+        let mut hasher = Sha256::new();
+        hasher.update(function.as_bytes());
+        hasher.update([0u8]);
+        hasher.update(text.as_bytes());
+        hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    #[test]
+    fn request_hash_matches_the_hashes_stored_by_the_first_version() {
+        let inputs = [
+            serde_json::json!({}),
+            serde_json::json!({"customer": "C-1", "quantity": 1}),
+            serde_json::json!({"z": null, "a": [true, false, 1.5, -2, 18446744073709551615u64]}),
+            serde_json::json!({"esc": "quote \" backslash \\ nl \n tab \t ctl \u{1} é 漢 😀"}),
+            serde_json::json!({"nested": {"b": [{"y": 1, "x": 2}, []], "a": {}}, "": "empty key"}),
+            serde_json::json!({"f": 1e300, "g": 0.1, "h": -0.0, "i": 1.0}),
+        ];
+        for input in &inputs {
+            assert_eq!(
+                request_hash("conn.fn", input),
+                first_request_hash("conn.fn", input),
+                "{input}"
+            );
+        }
+        // `printf 'f.g\0{"a":1}' | sha256sum`
+        assert_eq!(
+            request_hash("f.g", &serde_json::json!({"a": 1})),
+            "e333c5fca3f9b1eccc13a662e1e4bd5cba87a5e48c6d2fd92afd2416f47e576f"
+        );
     }
 }

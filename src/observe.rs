@@ -6,18 +6,44 @@
 //! at scrape time), `switchboard_inflight` the calls in flight, and
 //! `switchboard_attempt_duration_seconds{connection}` a histogram of attempt durations. Each
 //! engine has its own recorder, so several engines can live in one process (tests).
+//!
+//! The series a call updates are looked up by name and labels once, then kept as handles: a
+//! call updates atomics, and a series still appears in the text only once it has a value.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arc_swap::ArcSwap;
+use metrics::{Counter, Gauge, Histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusRecorder};
 
-/// An engine's metrics.
+/// An engine's metrics. Cheap to clone.
 #[derive(Clone)]
 pub struct Metrics {
-    recorder: Arc<PrometheusRecorder>,
-    inflight: Arc<AtomicUsize>,
-    peak: Arc<AtomicUsize>,
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    recorder: PrometheusRecorder,
+    inflight: AtomicUsize,
+    peak: AtomicUsize,
+    /// `switchboard_inflight`.
+    inflight_gauge: Gauge,
+    /// The series of attempts seen so far; replaced whole (rarely) when one is added.
+    series: ArcSwap<Series>,
+}
+
+/// The statuses an attempt ends in, in the order of [`Series::outcomes`].
+const OUTCOMES: [&str; 3] = ["succeeded", "retrying", "failed"];
+
+/// Handles of the attempt series registered so far.
+#[derive(Clone, Default)]
+struct Series {
+    /// `switchboard_callouts_total{function,status}` by function, one slot per [`OUTCOMES`].
+    outcomes: HashMap<String, [Option<Counter>; OUTCOMES.len()]>,
+    /// `switchboard_attempt_duration_seconds{connection}` by connection.
+    durations: HashMap<String, Histogram>,
 }
 
 impl Default for Metrics {
@@ -36,17 +62,25 @@ impl Metrics {
             Ok(b) => b,
             Err(_) => PrometheusBuilder::new(),
         };
+        let recorder = builder.build_recorder();
+        // Set at every render anyway, so registering it now shows nothing new.
+        let inflight_gauge =
+            metrics::with_local_recorder(&recorder, || metrics::gauge!("switchboard_inflight"));
         Metrics {
-            recorder: Arc::new(builder.build_recorder()),
-            inflight: Arc::new(AtomicUsize::new(0)),
-            peak: Arc::new(AtomicUsize::new(0)),
+            inner: Arc::new(Inner {
+                recorder,
+                inflight: AtomicUsize::new(0),
+                peak: AtomicUsize::new(0),
+                inflight_gauge,
+                series: ArcSwap::from_pointee(Series::default()),
+            }),
         }
     }
 
     /// A call starts; returns a guard that ends it.
     pub fn call_started(&self) -> InflightGuard {
-        let now = self.inflight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.peak.fetch_max(now, Ordering::SeqCst);
+        let now = self.inner.inflight.fetch_add(1, Ordering::SeqCst) + 1;
+        self.inner.peak.fetch_max(now, Ordering::SeqCst);
         self.gauge_inflight(now);
         InflightGuard {
             metrics: self.clone(),
@@ -54,45 +88,60 @@ impl Metrics {
     }
 
     fn gauge_inflight(&self, value: usize) {
-        metrics::with_local_recorder(self.recorder.as_ref(), || {
-            metrics::gauge!("switchboard_inflight").set(value as f64);
-        });
+        self.inner.inflight_gauge.set(value as f64);
     }
 
     /// Calls in flight now.
     pub fn inflight(&self) -> usize {
-        self.inflight.load(Ordering::SeqCst)
+        self.inner.inflight.load(Ordering::SeqCst)
     }
 
     /// The most calls ever in flight at once.
     pub fn peak_inflight(&self) -> usize {
-        self.peak.load(Ordering::SeqCst)
+        self.inner.peak.load(Ordering::SeqCst)
     }
 
     /// An attempt finished.
     pub fn attempt(&self, function: &str, connection: &str, status: &str, seconds: f64) {
-        let (function, connection, status) = (
-            function.to_string(),
-            connection.to_string(),
-            status.to_string(),
-        );
-        metrics::with_local_recorder(self.recorder.as_ref(), || {
-            metrics::counter!("switchboard_callouts_total", "function" => function, "status" => status)
-                .increment(1);
-            metrics::histogram!("switchboard_attempt_duration_seconds", "connection" => connection)
-                .record(seconds);
+        let slot = OUTCOMES.iter().position(|s| *s == status);
+        {
+            let series = self.inner.series.load();
+            let counter = slot.and_then(|i| series.outcomes.get(function)?[i].as_ref());
+            if let (Some(counter), Some(histogram)) = (counter, series.durations.get(connection)) {
+                counter.increment(1);
+                histogram.record(seconds);
+                return;
+            }
+        }
+        let (counter, histogram) = metrics::with_local_recorder(&self.inner.recorder, || {
+            (
+                metrics::counter!("switchboard_callouts_total", "function" => function.to_string(), "status" => status.to_string()),
+                metrics::histogram!("switchboard_attempt_duration_seconds", "connection" => connection.to_string()),
+            )
+        });
+        counter.increment(1);
+        histogram.record(seconds);
+        self.inner.series.rcu(|series| {
+            let mut series = Series::clone(series);
+            if let Some(i) = slot {
+                series.outcomes.entry(function.to_string()).or_default()[i] = Some(counter.clone());
+            }
+            series
+                .durations
+                .insert(connection.to_string(), histogram.clone());
+            series
         });
     }
 
     /// Prometheus text, with the number of callouts in each status.
     pub fn render(&self, counts: &[(crate::queue::Status, u64)]) -> String {
-        metrics::with_local_recorder(self.recorder.as_ref(), || {
+        metrics::with_local_recorder(&self.inner.recorder, || {
             for (status, n) in counts {
                 metrics::gauge!("switchboard_callouts", "status" => status.as_str()).set(*n as f64);
             }
-            metrics::gauge!("switchboard_inflight").set(self.inflight() as f64);
         });
-        self.recorder.handle().render()
+        self.inner.inflight_gauge.set(self.inflight() as f64);
+        self.inner.recorder.handle().render()
     }
 }
 
@@ -105,6 +154,7 @@ impl Drop for InflightGuard {
     fn drop(&mut self) {
         let now = self
             .metrics
+            .inner
             .inflight
             .fetch_sub(1, Ordering::SeqCst)
             .saturating_sub(1);
@@ -120,4 +170,54 @@ pub fn init_logging(default: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value of one series in the text, if it is there.
+    fn value(text: &str, series: &str) -> Option<f64> {
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn attempts_count_once_each_and_only_seen_series_show() {
+        let metrics = Metrics::new();
+        for status in ["succeeded", "succeeded", "failed", "other"] {
+            metrics.attempt("shop.ping", "shop", status, 0.02);
+        }
+        metrics.attempt("shop.order", "shop", "retrying", 0.2);
+        metrics.attempt("mail.send", "mail", "succeeded", 1.5);
+        drop(metrics.call_started());
+        let _running = metrics.call_started();
+        let text = metrics.render(&[]);
+        let total = |function: &str, status: &str| {
+            value(
+                &text,
+                &format!(
+                    "switchboard_callouts_total{{function=\"{function}\",status=\"{status}\"}}"
+                ),
+            )
+        };
+        assert_eq!(total("shop.ping", "succeeded"), Some(2.0), "{text}");
+        assert_eq!(total("shop.ping", "failed"), Some(1.0), "{text}");
+        assert_eq!(total("shop.ping", "other"), Some(1.0), "{text}");
+        assert_eq!(total("shop.ping", "retrying"), None, "{text}");
+        assert_eq!(total("shop.order", "retrying"), Some(1.0), "{text}");
+        assert_eq!(total("mail.send", "succeeded"), Some(1.0), "{text}");
+        let count = |connection: &str| {
+            value(
+                &text,
+                &format!(
+                    "switchboard_attempt_duration_seconds_count{{connection=\"{connection}\"}}"
+                ),
+            )
+        };
+        assert_eq!(count("shop"), Some(5.0), "{text}");
+        assert_eq!(count("mail"), Some(1.0), "{text}");
+        assert_eq!(value(&text, "switchboard_inflight"), Some(1.0), "{text}");
+        assert_eq!(metrics.peak_inflight(), 1);
+    }
 }

@@ -45,6 +45,9 @@ pub struct AppState {
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {
+    // Shared behind one `Arc`: axum clones the state for every request (the key check and each
+    // extractor), and one reference count is cheaper than the three `AppState` holds.
+    let state = Arc::new(state);
     let v1 = Router::new()
         .route("/callouts", post(callouts::create).get(callouts::list))
         .route("/callouts/batch", post(callouts::batch))
@@ -73,7 +76,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn require_key(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
     let CallerAuth::Keys(keys) = &state.auth else {
         return next.run(request).await;
     };
@@ -116,14 +119,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-async fn readyz(State(state): State<AppState>) -> Response {
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     match state.engine.store().counts().await {
         Ok(_) => axum::Json(json!({ "status": "ready" })).into_response(),
         Err(err) => ApiError::from(err).into_response(),
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let counts = state.engine.store().counts().await.unwrap_or_default();
     let text = state.engine.metrics().render(&counts);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
@@ -132,10 +135,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
 /// A JSON body read within the server's size limit, with errors in the API's shape.
 pub struct JsonBody<T>(pub T);
 
-impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
+impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+    async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let limit = state.body_limit;
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
@@ -152,15 +155,40 @@ impl<T: DeserializeOwned> FromRequest<AppState> for JsonBody<T> {
                     ApiError::bad_request(format!("the request body could not be read: {err}"))
                 }
             })?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
-        if !value.is_object() {
-            return Err(ApiError::invalid("the body must be a JSON object"));
-        }
-        serde_json::from_value(value)
-            .map(JsonBody)
-            .map_err(|e| ApiError::invalid(format!("the body does not fit this route: {e}")))
+        read_json(&bytes).map(JsonBody)
     }
+}
+
+/// Reads a body into `T`: at once when that works, for then the body is one JSON object (`T`
+/// takes no array) with no key twice, and [`read_json_via_value`] would give the same `T`;
+/// through it otherwise, for its refusals.
+fn read_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    if starts_an_object(bytes)
+        && let Ok(body) = serde_json::from_slice::<T>(bytes)
+    {
+        return Ok(body);
+    }
+    read_json_via_value(bytes)
+}
+
+/// Reads a body into `T` through a `Value`, which tells invalid JSON, a body that is not an
+/// object, and an object that does not fit apart (and takes the last of a key given twice).
+fn read_json_via_value<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let value: serde_json::Value = serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("the body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
+    serde_json::from_value(value)
+        .map_err(|e| ApiError::invalid(format!("the body does not fit this route: {e}")))
+}
+
+/// Whether the first byte after JSON whitespace opens an object.
+fn starts_an_object(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| *b == b'{')
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves.
@@ -179,3 +207,56 @@ pub async fn serve(
 
 /// The longest `wait` a caller may ask for.
 pub const MAX_WAIT: Duration = Duration::from_secs(120);
+
+#[cfg(test)]
+mod tests {
+    use super::callouts::{BatchBody, NewCalloutBody};
+    use super::*;
+
+    fn shown<T: std::fmt::Debug>(read: Result<T, ApiError>) -> String {
+        match read {
+            Ok(body) => format!("{body:?}"),
+            Err(err) => format!("{} {}", err.status, err.body()),
+        }
+    }
+
+    #[test]
+    fn a_body_read_at_once_is_read_as_through_a_value() {
+        let bodies = [
+            r#"{"function": "shop.create_order", "input": {"customer_id": "C-1", "quantity": 1}}"#,
+            r#" {"function":"f.g","input":{"a":[1,2.5,-3,1e400,18446744073709551615]},"idempotency_key":"k","run_at":null}"#,
+            r#"{"function": "f.g", "function": "f.h"}"#,
+            r#"{"function": "f.g", "input": {"a": 1, "a": 2}}"#,
+            r#"{"function": "f.g", "inpt": {}}"#,
+            r#"{"function": "f.g"} {}"#,
+            r#"{"function": "f.g""#,
+            r#"["f.g", {}, null, null, null]"#,
+            r#""f.g""#,
+            "",
+            r#"{"function": 1}"#,
+            r#"{"input": {}}"#,
+            "\u{feff}{\"function\": \"f.g\"}",
+            r#"{"function": "f.g", "input": "not an object", "wait": "5s"}"#,
+        ];
+        for body in bodies {
+            assert_eq!(
+                shown(read_json::<NewCalloutBody>(body.as_bytes())),
+                shown(read_json_via_value::<NewCalloutBody>(body.as_bytes())),
+                "{body}"
+            );
+        }
+        let batches = [
+            r#"{"callouts": [{"function": "f.g"}, 7, [], {"function": "f.g", "function": "f.h"}]}"#,
+            r#"{"callouts": []}"#,
+            r#"{"callouts": {}}"#,
+            r#"{"callouts": [], "callouts": [1]}"#,
+        ];
+        for body in batches {
+            assert_eq!(
+                shown(read_json::<BatchBody>(body.as_bytes())),
+                shown(read_json_via_value::<BatchBody>(body.as_bytes())),
+                "{body}"
+            );
+        }
+    }
+}

@@ -21,7 +21,7 @@ use switchboard_sdk::{Call, CallError, ErrorKind, Outcome, Wrapper};
 use url::Url;
 
 use super::net;
-use super::template::{RequestTemplate, Templates, Vars};
+use super::template::{RequestTemplate, Templates, Text, Vars};
 use crate::metadata::config::ApiKeyLocation;
 use crate::metadata::model::{Auth, Connection, JsonSchema, Protocol, Request};
 use crate::metadata::values::{Secret, SecretRef};
@@ -56,6 +56,8 @@ pub struct RestWrapper {
 struct RestFunction {
     method: Method,
     request: RequestTemplate,
+    /// The endpoint joined with the path, when the path is no template (the same every call).
+    fixed_url: Option<Result<Url, String>>,
     output: Vec<(String, String)>,
     output_schema: Option<JsonSchema>,
 }
@@ -139,11 +141,16 @@ impl RestWrapper {
                 .map_err(&fail)?;
             let method = Method::from_bytes(method.as_str().as_bytes())
                 .map_err(|_| fail(format!("function `{fname}` has an unusable method")))?;
+            let fixed_url = match &request.path {
+                Text::Literal(path) => Some(super::template::join(&endpoint, path)),
+                Text::Template(_) => None,
+            };
             functions.insert(
                 fname.clone(),
                 RestFunction {
                     method,
                     request,
+                    fixed_url,
                     output: f.output.clone(),
                     output_schema: f.output_schema.clone(),
                 },
@@ -183,7 +190,11 @@ impl RestWrapper {
             idempotency_key: call.idempotency_key,
         };
         let rendered = self.templates.render(&f.request, &vars).map_err(invalid)?;
-        let mut url = super::template::join(&self.endpoint, &rendered.path).map_err(invalid)?;
+        let mut url = match &f.fixed_url {
+            Some(fixed) => fixed.clone(),
+            None => super::template::join(&self.endpoint, &rendered.path),
+        }
+        .map_err(invalid)?;
         let api_key = match &self.auth {
             Credentials::Query(name, value) => Some((name.as_str(), value.expose())),
             _ => None,
@@ -333,6 +344,7 @@ impl RestWrapper {
             )
         };
         if let Some(schema) = &f.output_schema
+            && !schema.validator.is_valid(&data)
             && let Err(err) = schema.validator.validate(&data)
         {
             let pointer = err.instance_path().as_str().to_string();

@@ -73,7 +73,14 @@ pub enum Body {
     /// A string rendered as text.
     Text(String),
     /// A string that is exactly one expression: replaced by the expression's value.
-    Value(String),
+    Value {
+        /// The name of the compiled template.
+        template: String,
+        /// The keys of an expression that only reads the input (`input.a.b`): when every key
+        /// is there, the value is read without running the template (which gives the same
+        /// value); else the template runs and words the error.
+        input_keys: Option<Vec<String>>,
+    },
     Array(Vec<Body>),
     Object(Vec<(String, Body)>),
 }
@@ -197,7 +204,10 @@ impl Templates {
                 Some(expr) if self.env.compile_expression(expr).is_ok() => {
                     let full = format!("{VALUE}{name}");
                     self.add(&full, name, format!("{{% set {CAPTURED} = ({expr}) %}}"))?;
-                    Body::Value(full)
+                    Body::Value {
+                        template: full,
+                        input_keys: input_keys(expr),
+                    }
                 }
                 _ => match self.text(TEXT, name, s)? {
                     Text::Template(full) => Body::Text(full),
@@ -227,7 +237,15 @@ impl Templates {
     /// header value would contain a line break. The message names the field, never a secret
     /// (templates see no secret).
     pub fn render(&self, request: &RequestTemplate, vars: &Vars<'_>) -> Result<Rendered, String> {
-        let cx = context(vars)?;
+        // The context is built when a template first needs it (often none does); input too
+        // deep to build it from is refused first, as always.
+        let cx = Context {
+            vars,
+            value: std::cell::OnceCell::new(),
+        };
+        if !within_depth(vars.input, 0) {
+            cx.get()?;
+        }
         let path = self.render_text(&request.path, &cx)?;
         let query = request
             .query
@@ -256,30 +274,50 @@ impl Templates {
         })
     }
 
-    fn render_text(&self, text: &Text, cx: &Value) -> Result<String, String> {
+    fn render_text(&self, text: &Text, cx: &Context<'_>) -> Result<String, String> {
         match text {
             Text::Literal(s) => Ok(s.clone()),
-            Text::Template(name) => self
-                .env
-                .get_template(name)
-                .and_then(|t| t.render(cx))
-                .map_err(|err| render_error(name, &err)),
+            Text::Template(name) => self.render_template(name, cx),
         }
     }
 
-    fn render_body(&self, body: &Body, cx: &Value) -> Result<Json, String> {
+    fn render_template(&self, name: &str, cx: &Context<'_>) -> Result<String, String> {
+        let cx = cx.get()?;
+        self.env
+            .get_template(name)
+            .and_then(|t| t.render(cx))
+            .map_err(|err| render_error(name, &err))
+    }
+
+    fn render_body(&self, body: &Body, cx: &Context<'_>) -> Result<Json, String> {
         Ok(match body {
             Body::Literal(v) => v.clone(),
-            Body::Text(name) => Json::String(self.render_text(&Text::Template(name.clone()), cx)?),
-            Body::Value(name) => {
-                let captured = self
-                    .env
-                    .get_template(name)
-                    .and_then(|t| t.render_captured(cx))
-                    .map_err(|err| render_error(name, &err))?;
-                let value = captured.state().lookup(CAPTURED).unwrap_or_default();
+            Body::Text(name) => Json::String(self.render_template(name, cx)?),
+            Body::Value {
+                template,
+                input_keys,
+            } => {
+                let found = input_keys.as_deref().and_then(|keys| {
+                    let value = keys
+                        .iter()
+                        .try_fold(cx.vars.input, |v, k| v.as_object()?.get(k))?;
+                    Some((value, keys.len()))
+                });
+                let value = match found {
+                    // What the template would assign: the input's value, as the context holds it.
+                    Some((value, depth)) => from_json(value, depth)?,
+                    None => {
+                        let cx = cx.get()?;
+                        let captured = self
+                            .env
+                            .get_template(template)
+                            .and_then(|t| t.render_captured(cx))
+                            .map_err(|err| render_error(template, &err))?;
+                        captured.state().lookup(CAPTURED).unwrap_or_default()
+                    }
+                };
                 to_json(&value, 0)
-                    .map_err(|why| format!("cannot render `{}`: {why}", bare(name)))?
+                    .map_err(|why| format!("cannot render `{}`: {why}", bare(template)))?
             }
             Body::Array(items) => Json::Array(
                 items
@@ -363,6 +401,53 @@ fn describe(err: &minijinja::Error) -> String {
 
 fn render_error(name: &str, err: &minijinja::Error) -> String {
     format!("cannot render `{}`: {}", bare(name), describe(err))
+}
+
+/// The keys of an expression that reads the input and nothing else: `input` then one or more
+/// `.name` attributes (plain ASCII names, as minijinja reads them).
+fn input_keys(expr: &str) -> Option<Vec<String>> {
+    let mut parts = expr.trim().split('.');
+    if parts.next() != Some("input") {
+        return None;
+    }
+    let keys: Vec<String> = parts
+        .map(|part| {
+            let mut chars = part.chars();
+            let head = chars.next()?;
+            let name = (head.is_ascii_alphabetic() || head == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            name.then(|| part.to_string())
+        })
+        .collect::<Option<_>>()?;
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// The template context of one call, built on first use.
+struct Context<'a> {
+    vars: &'a Vars<'a>,
+    value: std::cell::OnceCell<Value>,
+}
+
+impl Context<'_> {
+    fn get(&self) -> Result<&Value, String> {
+        if let Some(value) = self.value.get() {
+            return Ok(value);
+        }
+        let value = context(self.vars)?;
+        Ok(self.value.get_or_init(|| value))
+    }
+}
+
+/// Whether [`from_json`] can convert `json` (no deeper than [`MAX_DEPTH`]).
+fn within_depth(json: &Json, depth: usize) -> bool {
+    if depth > MAX_DEPTH {
+        return false;
+    }
+    match json {
+        Json::Array(items) => items.iter().all(|item| within_depth(item, depth + 1)),
+        Json::Object(map) => map.values().all(|v| within_depth(v, depth + 1)),
+        _ => true,
+    }
 }
 
 /// The template context: `input`, `connection` and `callout`.
@@ -691,6 +776,114 @@ mod tests {
             Ok(json!("1 and 2"))
         );
         assert_eq!(body(json!("{{ '%}' }}"), json!({})), Ok(json!("%}")));
+    }
+
+    /// The same body with every expression run as a template.
+    fn always_run(body: &Body) -> Body {
+        match body {
+            Body::Value { template, .. } => Body::Value {
+                template: template.clone(),
+                input_keys: None,
+            },
+            Body::Array(items) => Body::Array(items.iter().map(always_run).collect()),
+            Body::Object(fields) => Body::Object(
+                fields
+                    .iter()
+                    .map(|(k, v)| (k.clone(), always_run(v)))
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn input_reads_give_what_running_the_template_gives() {
+        let mut t = Templates::new();
+        let template = json!({
+            "a": "{{ input.a }}",
+            "b": "{{ input.a.b }}",
+            "c": ["{{- input.none -}}", "{{input.true}}", "{{ input._x9 }}"],
+            "d": "{{ input.a.b.c }}",
+        });
+        let request = t
+            .request("f", "/", &[], &[], Some(&template))
+            .expect("compiles");
+        let Some(Body::Object(fields)) = &request.body else {
+            panic!("an object body");
+        };
+        let shortcuts = fields
+            .iter()
+            .filter(|(_, v)| {
+                matches!(
+                    v,
+                    Body::Value {
+                        input_keys: Some(_),
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(shortcuts, 3, "{fields:?}");
+        let slow = RequestTemplate {
+            body: request.body.as_ref().map(always_run),
+            ..request.clone()
+        };
+        // At `input.a.b.c` (depth 3): a number at the deepest level the context takes, and
+        // one level deeper.
+        let mut deepest = json!(1);
+        for _ in 3..MAX_DEPTH {
+            deepest = json!([deepest]);
+        }
+        let too_deep = json!([deepest]);
+        let inputs = [
+            json!({"a": {"b": {"c": 1}}, "none": null, "true": false, "_x9": "x"}),
+            json!({"a": {"b": {"c": 2.0}}, "none": 1, "true": -0.0, "_x9": 1e20}),
+            json!({"a": {"b": {"c": [1.5, -2, 18446744073709551615u64, "é"]}}, "none": {}, "true": [], "_x9": {"k": [null]}}),
+            json!({"a": {"b": 7}, "none": 0, "true": 0, "_x9": 0}),
+            json!({"a": [1], "none": 0, "true": 0, "_x9": 0}),
+            json!({"a": {"b": {"c": 1}}}),
+            json!({"a": {"b": {"c": deepest}}, "none": 0, "true": 0, "_x9": 0}),
+            json!({"a": {"b": {"c": too_deep}}, "none": 0, "true": 0, "_x9": 0}),
+        ];
+        for input in &inputs {
+            assert_eq!(
+                t.render(&request, &vars(input)),
+                t.render(&slow, &vars(input)),
+                "{input}"
+            );
+        }
+        assert!(t.render(&request, &vars(&inputs[0])).is_ok());
+        assert!(t.render(&request, &vars(&inputs[6])).is_ok());
+        assert_eq!(
+            t.render(&request, &vars(&inputs[7])),
+            Err(format!(
+                "the input is nested deeper than {MAX_DEPTH} levels"
+            ))
+        );
+    }
+
+    #[test]
+    fn only_plain_input_attributes_are_read_without_the_template() {
+        assert_eq!(input_keys(" input.a "), Some(vec!["a".to_string()]));
+        assert_eq!(
+            input_keys("input.a_1.B"),
+            Some(vec!["a_1".to_string(), "B".to_string()])
+        );
+        for expr in [
+            "input",
+            "input.0",
+            "input.a|upper",
+            "input..a",
+            "input.a b",
+            "input['a']",
+            "input.a + 1",
+            "inputs.a",
+            "connection.name",
+            "input.é",
+            "input.1a",
+        ] {
+            assert_eq!(input_keys(expr), None, "{expr}");
+        }
     }
 
     #[test]

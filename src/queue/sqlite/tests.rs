@@ -191,8 +191,7 @@ async fn a_group_runs_merged_and_answers_each_operation_as_alone() {
         reply,
     ));
 
-    writer
-        .commit_group(vec![first, again, done, claim, other, retry]);
+    writer.commit_group(vec![first, again, done, claim, other, retry]);
 
     assert_eq!(
         (writer.commits.load(Ordering::Relaxed), writer.fallbacks),
@@ -284,9 +283,11 @@ async fn cramped_writer(dir: &TempDir) -> Writer {
     // Room for small rows, not for a megabyte.
     let _: i64 = writer
         .conn
-        .query_row(&format!("PRAGMA max_page_count = {}", pages + 8), [], |row| {
-            row.get(0)
-        })
+        .query_row(
+            &format!("PRAGMA max_page_count = {}", pages + 8),
+            [],
+            |row| row.get(0),
+        )
         .unwrap();
     writer
 }
