@@ -380,7 +380,8 @@ impl Writer {
                 None => execute(conn, "RELEASE op")
                     .map_err(|err| broken(store_error("release a savepoint", err)))?,
                 Some(failure) => {
-                    let undone = execute(conn, "ROLLBACK TO op").and_then(|()| execute(conn, "RELEASE op"));
+                    let undone =
+                        execute(conn, "ROLLBACK TO op").and_then(|()| execute(conn, "RELEASE op"));
                     if undone.is_err() {
                         // The failure took the transaction with it.
                         return Err(Broken {
@@ -512,7 +513,10 @@ fn find_key(
     let context = "look up an idempotency key";
     let existing = conn
         .prepare_cached(sql::FIND_KEY)
-        .and_then(|mut find| find.query_row([key], |row| Ok(decode_callout(row))).optional())
+        .and_then(|mut find| {
+            find.query_row([key], |row| Ok(decode_callout(row)))
+                .optional()
+        })
         .map_err(|err| store_error(context, err))?
         .transpose()?;
     Ok(existing.map(|existing| {
