@@ -120,8 +120,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    match state.engine.store().counts().await {
-        Ok(_) => axum::Json(json!({ "status": "ready" })).into_response(),
+    match state.engine.store().ready().await {
+        Ok(()) => axum::Json(json!({ "status": "ready" })).into_response(),
         Err(err) => ApiError::from(err).into_response(),
     }
 }

@@ -45,6 +45,7 @@ macro_rules! store_contract {
             list_pages_newest_first,
             list_filters_by_status_and_function,
             counts_include_every_status,
+            ready_answers_on_an_empty_and_a_full_store,
         );
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
@@ -820,4 +821,13 @@ pub(crate) async fn counts_include_every_status(store: &dyn Store) {
             (Status::Cancelled, 1),
         ]
     );
+}
+
+pub(crate) async fn ready_answers_on_an_empty_and_a_full_store(store: &dyn Store) {
+    store.ready().await.unwrap();
+    let batch = (1..=3)
+        .map(|n| callout(&format!("c{n}"), "acme", T0))
+        .collect();
+    store.enqueue(batch).await.unwrap();
+    store.ready().await.unwrap();
 }

@@ -76,7 +76,7 @@ pub struct NewCallout {
     pub input: Value,
     pub idempotency_key: Option<String>,
     /// SHA-256 (hex) of the function and the canonical input: the same key with another hash
-    /// is a conflict.
+    /// is a conflict. Empty for a callout without an idempotency key (nothing compares it then).
     pub request_hash: String,
     /// Not before this time.
     pub run_at: Millis,
@@ -103,6 +103,7 @@ pub struct Callout {
     /// When the next attempt may start (queued and retrying callouts).
     pub next_attempt_at: Option<Millis>,
     pub idempotency_key: Option<String>,
+    /// As [`NewCallout::request_hash`]: empty without an idempotency key.
     pub request_hash: String,
     /// The standard result of the last finished attempt, once there is one.
     pub result: Option<Value>,
@@ -268,6 +269,12 @@ pub trait Store: Send + Sync + 'static {
     /// Cancels a `queued` or `retrying` callout.
     async fn cancel(&self, id: &str, now: Millis) -> Result<Transition, StoreError>;
 
-    /// How many callouts are in each status.
+    /// How many callouts are in each status. Its cost grows with the table.
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
+    /// Whether the store answers a read, at a cost that does not grow with the table (for
+    /// readiness probes). The default reads [`Store::counts`]; stores should do better.
+    async fn ready(&self) -> Result<(), StoreError> {
+        self.counts().await.map(drop)
+    }
 }

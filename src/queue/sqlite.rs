@@ -76,6 +76,7 @@ mod sql {
     pub const STATUS_OF: &str = include_str!("sqlite/sql/status_of.sql");
     pub const ATTEMPTS: &str = include_str!("sqlite/sql/attempts.sql");
     pub const COUNTS: &str = include_str!("sqlite/sql/counts.sql");
+    pub const READY: &str = include_str!("sqlite/sql/ready.sql");
     pub const FIND_KEY: &str = include_str!("sqlite/sql/find_key.sql");
     pub const INSERT: &str = include_str!("sqlite/sql/insert.sql");
     pub const CLAIM_READY: &str = include_str!("sqlite/sql/claim_ready.sql");
@@ -463,6 +464,21 @@ impl Store for SqliteStore {
         let id = id.to_owned();
         self.write(|reply| Op::Cancel(Job::new((id, now), reply)))
             .await
+    }
+
+    /// One indexed read of at most one row.
+    ///
+    /// # Errors
+    /// As [`Store::get`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    async fn ready(&self) -> Result<(), StoreError> {
+        sqlx::query(sql::READY)
+            .fetch_optional(&self.readers)
+            .await
+            .map(drop)
+            .map_err(|err| store_error("read the queue", err))
     }
 
     /// Every status, in [`Status::ALL`] order, zeros included.

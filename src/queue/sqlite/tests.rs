@@ -625,3 +625,16 @@ async fn a_second_engine_cannot_open_a_file_in_use() {
         .await
         .expect("free again once the first is gone");
 }
+
+#[tokio::test]
+async fn ready_reads_one_row_and_fails_when_the_queue_cannot_be_read() {
+    let (store, dir) = open_store().await;
+    let plan = explain(&dir, sql::READY).await;
+    assert_eq!(plan.len(), 1, "{plan:#?}");
+    assert!(plan[0].starts_with("SCAN callouts"), "{plan:#?}");
+    store.ready().await.unwrap();
+
+    store.readers.close().await;
+
+    assert!(store.ready().await.is_err());
+}
