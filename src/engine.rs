@@ -316,7 +316,7 @@ impl Engine {
                 answers.push(Some(Err(Refusal::UnknownFunction(req.function))));
                 continue;
             };
-            if matches!(conn.type_name.as_str(), "soap" | "s3") {
+            if conn.type_name == "s3" {
                 answers.push(Some(Err(Refusal::NotRunnable(format!(
                     "`{}` is on a connection of type {}, which cannot run callouts in this version yet",
                     req.function, conn.type_name

@@ -59,6 +59,8 @@ pub struct SoapConnectionConfig {
     pub endpoint: String,
     /// SOAP version: `"1.1"` (default) or `"1.2"`.
     pub soap_version: Option<SoapVersion>,
+    /// A WS-Security `UsernameToken` in the SOAP header of every request. Default: none.
+    pub ws_security: Option<WsSecurityConfig>,
     /// Allow calls to loopback, private and link-local addresses. Default `false`.
     pub allow_private_network: Option<bool>,
     /// How Switchboard authenticates to the service. Default: no authentication.
@@ -327,6 +329,28 @@ impl HttpMethod {
             HttpMethod::Head => "HEAD",
         }
     }
+}
+
+/// A WS-Security `UsernameToken` (OASIS Username Token Profile 1.0), sent in the SOAP header
+/// of every request with a fresh nonce and creation time.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct WsSecurityConfig {
+    /// User name, plain text or a secret reference, like `crm-integration`.
+    pub username: String,
+    /// Password, a secret reference, like `${env:ERP_WS_PASSWORD}`.
+    pub password: SecretRef,
+    /// How the password travels: `text` (default: as it is, for TLS endpoints) or `digest`
+    /// (`Base64(SHA-1(nonce + created + password))`, the password itself never sent).
+    pub password_type: Option<WsPasswordType>,
+}
+
+/// How a WS-Security `UsernameToken` carries its password.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum WsPasswordType {
+    Text,
+    Digest,
 }
 
 /// SOAP protocol versions.

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::config::{ApiKeyLocation, HttpMethod, S3Operation, ServerSideEncryption, SoapVersion};
+use super::config::{
+    ApiKeyLocation, HttpMethod, S3Operation, ServerSideEncryption, SoapVersion, WsPasswordType,
+};
 use super::problem::Problem;
 use super::values::{Rate, SecretRef};
 use super::yaml::Pos;
@@ -107,6 +109,8 @@ pub enum Protocol {
     },
     Soap {
         version: SoapVersion,
+        /// The WS-Security `UsernameToken` every request carries, if any.
+        ws_security: Option<WsSecurity>,
     },
     S3 {
         bucket: String,
@@ -118,6 +122,15 @@ pub enum Protocol {
     Plugin {
         settings: serde_json::Value,
     },
+}
+
+/// A WS-Security `UsernameToken`, its password a reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WsSecurity {
+    /// Plain text, or a secret reference (`${env:NAME}`).
+    pub username: String,
+    pub password: SecretRef,
+    pub password_type: WsPasswordType,
 }
 
 /// Outbound authentication, with secrets as references.

@@ -12,11 +12,12 @@ use url::Url;
 use super::config::{
     AuthConfig, AuthKind, HttpMethod, LimitsConfig, PluginConnectionConfig, RestConnectionConfig,
     RetryConfig, S3ConnectionConfig, S3Operation, SoapConnectionConfig, SoapVersion,
+    WsPasswordType,
 };
 use super::de::{self, DeError};
 use super::model::{
     Auth, AwsKeys, Connection, Function, JsonSchema, Limits, Protocol, Request, RetryPolicy,
-    SecretUse, Source,
+    SecretUse, Source, WsSecurity,
 };
 use super::problem::{FieldPath, FieldProblem, Seg, list, suggestion};
 use super::values::SecretRef;
@@ -298,6 +299,22 @@ impl Cx {
             c.retry.as_ref(),
             c.headers.as_ref(),
         );
+        let ws_security = c.ws_security.as_ref().map(|ws| {
+            let at = root.key("ws_security");
+            if ws.username.starts_with("${") {
+                match SecretRef::parse(&ws.username) {
+                    Ok(r) => {
+                        self.secret(at.key("username"), &r);
+                    }
+                    Err(message) => self.push(at.key("username"), message),
+                }
+            }
+            WsSecurity {
+                username: ws.username.clone(),
+                password: self.secret(at.key("password"), &ws.password),
+                password_type: ws.password_type.unwrap_or(WsPasswordType::Text),
+            }
+        });
         let mut functions = BTreeMap::new();
         for (fname, f) in c.functions.unwrap_or_default() {
             let at = root.key("functions").key(&fname);
@@ -340,6 +357,7 @@ impl Cx {
             retry: common.retry,
             protocol: Protocol::Soap {
                 version: c.soap_version.unwrap_or(SoapVersion::V1_1),
+                ws_security,
             },
             functions,
             secrets: Vec::new(),

@@ -2,9 +2,10 @@
 //!
 //! A wrapper turns one attempt of a callout ([`switchboard_sdk::Call`]) into an
 //! [`switchboard_sdk::Outcome`]. [`build_all`] builds one per connection of a metadata version,
-//! from the list in [`registry`]: the REST wrapper ([`rest`]), placeholders for the kinds that
-//! cannot run callouts yet, and plugins. Every request leaves through [`net`], the outbound
-//! network policy (no private addresses unless a connection allows them), and is built from
+//! from the list in [`registry`]: the REST wrapper ([`rest`]), the SOAP wrapper ([`soap`],
+//! which reads answers with [`xml`]), placeholders for the kinds that cannot run callouts yet,
+//! and plugins. Every request leaves through [`net`], the outbound network policy (no private
+//! addresses unless a connection allows them), and is built from
 //! the function's [`template`]s, which keep input to data: it can never change where a request
 //! goes. Invariants: every connection has a wrapper; building never panics and never reports a
 //! secret's value; a call never outlives its deadline.
@@ -12,10 +13,13 @@
 pub mod net;
 pub mod registry;
 pub mod rest;
+pub mod soap;
 pub mod template;
+pub mod xml;
 
 #[cfg(test)]
 mod tests;
 
 pub use registry::{FailingWrapper, Wrappers, build_all};
 pub use rest::RestWrapper;
+pub use soap::SoapWrapper;

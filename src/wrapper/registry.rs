@@ -17,6 +17,7 @@ use switchboard_sdk::{BuildContext, Call, CallError, ErrorKind, Outcome, Wrapper
 
 use super::net;
 use super::rest::RestWrapper;
+use super::soap::SoapWrapper;
 use crate::metadata::model::{Connection, Protocol, Request};
 use crate::metadata::values::{Secret, SecretRef};
 use crate::metadata::{Loader, Metadata};
@@ -31,7 +32,7 @@ type Built = Result<Arc<dyn Wrapper>, String>;
 #[rustfmt::skip]
 pub const BUILT_IN: &[(&str, Build)] = &[
     ("rest", |c, secret| Ok(Arc::new(RestWrapper::build(c, secret)?))),
-    ("soap", |c, _| Err(not_yet(c, "soap connections cannot run callouts yet"))),
+    ("soap", |c, secret| Ok(Arc::new(SoapWrapper::build(c, secret)?))),
     ("s3", |c, _| Err(not_yet(c, "s3 connections cannot run callouts yet"))),
 ];
 

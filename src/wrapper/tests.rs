@@ -816,6 +816,7 @@ functions:
 connection: ledger
 type: soap
 endpoint: https://erp.example.com/soap
+ws_security: { username: crm, password: "${env:UP_WS_MISSING}" }
 functions:
   post: { body: "<Post/>" }
 "#,
@@ -834,7 +835,7 @@ functions:
         warnings,
         vec![
             "connection `files`: s3 connections cannot run callouts yet; they arrive in a later version",
-            "connection `ledger`: soap connections cannot run callouts yet; they arrive in a later version",
+            "connection `ledger`: secret reference `${env:UP_WS_MISSING}` cannot be resolved: environment variable UP_WS_MISSING is not set",
             "connection `oauth`: auth type `oauth2_client_credentials` is not supported yet; its callouts fail until a later version adds it",
             "connection `unresolved`: secret reference `${env:UP_MISSING}` cannot be resolved: environment variable UP_MISSING is not set",
         ]

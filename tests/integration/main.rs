@@ -12,3 +12,4 @@ mod pipeline;
 mod schema;
 mod secrets;
 mod shutdown;
+mod soap;

@@ -1,0 +1,923 @@
+//! The SOAP wrapper: renders a function's body into a SOAP 1.1 or 1.2 envelope, posts it, and
+//! turns the answer (a result or a fault) into an [`Outcome`].
+//!
+//! One [`SoapWrapper`] per `soap` connection, built once: secrets read, body templates
+//! compiled, the HTTP client made by [`net::http_client`] (the same network policy, timeouts
+//! and redirect rules as REST). Each attempt is bounded by the call's deadline from connect to
+//! last byte and its answer by [`MAX_BODY_BYTES`]; a `Retry-After` on 429 or 503 is honoured
+//! up to [`MAX_RETRY_AFTER`].
+//!
+//! - Every value a body template prints is XML-escaped, so input is always character data: it
+//!   can never add an element, an attribute or a CDATA section. A value XML cannot carry (a
+//!   control character) fails the request.
+//! - SOAP 1.1 posts `text/xml` with a `SOAPAction` header; SOAP 1.2 posts
+//!   `application/soap+xml` with the action as the content type's `action` parameter.
+//! - The answer is read by [`super::xml`]: no DOCTYPE, no entity expansion, bounded depth.
+//!   A fault (1.1 `faultcode`/`faultstring`, 1.2 `Code`/`Reason`), whatever the HTTP status,
+//!   becomes the error: `Server`/`Receiver` faults are retried (`unavailable`), every other
+//!   code (`Client`, `Sender`, `VersionMismatch`, `MustUnderstand`) is not (`rejected`).
+//! - Otherwise the children of `<Body>` become JSON ([`xml::to_json`]), the output mapping
+//!   picks from it, text is typed by the output schema ([`xml::typed`]) and the result is
+//!   checked against it.
+//! - With `ws_security`, each request carries a WS-Security `UsernameToken` with a fresh nonce
+//!   and creation time, its password as text or as the digest
+//!   `Base64(SHA-1(nonce + created + password))`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use switchboard_sdk::{Call, CallError, ErrorKind, Outcome, Wrapper};
+use url::Url;
+
+use super::net;
+use super::xml::{self, Element};
+use crate::metadata::config::{ApiKeyLocation, SoapVersion, WsPasswordType};
+use crate::metadata::model::{Auth, Connection, JsonSchema, Protocol, Request, WsSecurity};
+use crate::metadata::values::{Secret, SecretRef};
+
+pub use super::rest::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
+
+/// The SOAP 1.1 envelope namespace.
+pub const SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
+/// The SOAP 1.2 envelope namespace.
+pub const SOAP12: &str = "http://www.w3.org/2003/05/soap-envelope";
+/// WS-Security 1.0 `wsse` namespace.
+pub const WSSE: &str =
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-secext-1.0.xsd";
+/// WS-Security 1.0 utility (`wsu`) namespace.
+pub const WSU: &str =
+    "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-wssecurity-utility-1.0.xsd";
+const PASSWORD_TEXT: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordText";
+const PASSWORD_DIGEST: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-username-token-profile-1.0#PasswordDigest";
+const BASE64_BINARY: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401-wss-soap-message-security-1.0#Base64Binary";
+
+/// The header that carries the callout's idempotency key.
+const IDEMPOTENCY_HEADER: &str = "idempotency-key";
+
+/// Most characters of an upstream's answer quoted in a message.
+const EXCERPT_CHARS: usize = 200;
+
+/// Runs the callouts of one `soap` connection.
+pub struct SoapWrapper {
+    connection: String,
+    endpoint: Url,
+    allow_private: bool,
+    client: reqwest::Client,
+    version: SoapVersion,
+    templates: Environment<'static>,
+    functions: HashMap<String, SoapFunction>,
+    /// The connection's headers and its auth header, sent with every request.
+    headers: HeaderMap,
+    /// An api key that travels in the query.
+    query_key: Option<(String, Secret)>,
+    ws_security: Option<UsernameToken>,
+    redactor: Redactor,
+}
+
+struct SoapFunction {
+    /// The compiled body template's name.
+    template: String,
+    content_type: HeaderValue,
+    /// The `SOAPAction` header (1.1 only).
+    soap_action: Option<HeaderValue>,
+    output: Vec<(String, String)>,
+    output_schema: Option<JsonSchema>,
+}
+
+/// A WS-Security `UsernameToken`, ready to sign each request.
+struct UsernameToken {
+    username: String,
+    password: Secret,
+    digest: bool,
+}
+
+impl fmt::Debug for SoapWrapper {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut functions: Vec<&str> = self.functions.keys().map(String::as_str).collect();
+        functions.sort_unstable();
+        f.debug_struct("SoapWrapper")
+            .field("connection", &self.connection)
+            .field("endpoint", &self.endpoint.as_str())
+            .field("version", &self.version)
+            .field("allow_private_network", &self.allow_private)
+            .field("functions", &functions)
+            .field(
+                "ws_security",
+                &self.ws_security.as_ref().map(|t| (&t.username, "***")),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl SoapWrapper {
+    /// Builds the wrapper of a `soap` connection. `secret` reads a secret reference.
+    ///
+    /// # Errors
+    /// A message naming the connection and what could not be built: a secret reference that
+    /// cannot be read (the reference, never a value), an auth type not supported, a header or
+    /// template that cannot be used, the HTTP client.
+    pub fn build(
+        connection: &Connection,
+        secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
+    ) -> Result<SoapWrapper, String> {
+        let name = &connection.name;
+        let fail = |message: String| format!("connection `{name}`: {message}");
+        let Protocol::Soap {
+            version,
+            ws_security,
+        } = &connection.protocol
+        else {
+            return Err(fail("is not a soap connection".to_string()));
+        };
+        let endpoint = connection
+            .endpoint
+            .clone()
+            .ok_or_else(|| fail("has no endpoint".to_string()))?;
+        let mut headers = HeaderMap::new();
+        for (k, v) in &connection.headers {
+            let value = HeaderValue::from_str(v)
+                .map_err(|_| fail(format!("header `{k}` has a value that cannot be sent")))?;
+            headers.insert(header_name(k).map_err(&fail)?, value);
+        }
+        let mut secrets = Vec::new();
+        let query_key = match credentials(&connection.auth, secret, &mut secrets).map_err(&fail)? {
+            Credentials::None => None,
+            Credentials::Header(name, value) => {
+                headers.insert(name, value);
+                None
+            }
+            Credentials::Query(name, value) => Some((name, value)),
+        };
+        let ws_security = match ws_security {
+            None => None,
+            Some(ws) => Some(username_token(ws, secret, &mut secrets).map_err(&fail)?),
+        };
+        let mut templates = environment();
+        let mut functions = HashMap::new();
+        for (fname, f) in &connection.functions {
+            let Request::Soap { action, body } = &f.request else {
+                return Err(fail(format!("function `{fname}` is not a soap request")));
+            };
+            let template = format!("functions.{fname}.body");
+            templates
+                .add_template_owned(template.clone(), body.clone())
+                .map_err(|err| fail(format!("`{template}` is not a valid template: {err}")))?;
+            let (content_type, soap_action) = match version {
+                SoapVersion::V1_1 => {
+                    let action = format!("\"{}\"", action.as_deref().unwrap_or(""));
+                    let value = HeaderValue::from_str(&action).map_err(|_| {
+                        fail(format!(
+                            "the action of `{fname}` cannot be sent in a header"
+                        ))
+                    })?;
+                    (
+                        HeaderValue::from_static("text/xml; charset=utf-8"),
+                        Some(value),
+                    )
+                }
+                SoapVersion::V1_2 => {
+                    let content_type = match action {
+                        Some(action) => format!(
+                            "application/soap+xml; charset=utf-8; action=\"{}\"",
+                            action.replace('\\', "\\\\").replace('"', "\\\"")
+                        ),
+                        None => "application/soap+xml; charset=utf-8".to_string(),
+                    };
+                    let value = HeaderValue::from_str(&content_type).map_err(|_| {
+                        fail(format!(
+                            "the action of `{fname}` cannot be sent in a header"
+                        ))
+                    })?;
+                    (value, None)
+                }
+            };
+            functions.insert(
+                fname.clone(),
+                SoapFunction {
+                    template,
+                    content_type,
+                    soap_action,
+                    output: f.output.clone(),
+                    output_schema: f.output_schema.clone(),
+                },
+            );
+        }
+        Ok(SoapWrapper {
+            connection: name.clone(),
+            endpoint,
+            allow_private: connection.allow_private_network,
+            client: net::http_client(connection)?,
+            version: *version,
+            templates,
+            functions,
+            headers,
+            query_key,
+            ws_security,
+            redactor: Redactor { secrets },
+        })
+    }
+
+    /// The envelope of one call: the rendered body inside `<Body>`, the security header when
+    /// the connection has one.
+    fn envelope(&self, f: &SoapFunction, call: &Call<'_>) -> Result<String, String> {
+        let cx = template_value(
+            &json!({
+                "input": call.input,
+                "connection": { "name": self.connection, "endpoint": self.endpoint.as_str() },
+                "callout": {
+                    "id": call.callout_id,
+                    "attempt": call.attempt,
+                    "idempotency_key": call.idempotency_key,
+                },
+            }),
+            0,
+        )?;
+        let body = self
+            .templates
+            .get_template(&f.template)
+            .and_then(|t| t.render(cx))
+            .map_err(|err| {
+                let detail = match err.detail() {
+                    Some(detail) => format!("{}: {detail}", err.kind()),
+                    None => err.kind().to_string(),
+                };
+                format!("cannot render `{}`: {detail}", f.template)
+            })?;
+        let ns = match self.version {
+            SoapVersion::V1_1 => SOAP11,
+            SoapVersion::V1_2 => SOAP12,
+        };
+        let header = match &self.ws_security {
+            Some(token) => format!(
+                "<soap:Header>{}</soap:Header>",
+                token.render(SystemTime::now(), &nonce())?
+            ),
+            None => String::new(),
+        };
+        Ok(format!(
+            "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<soap:Envelope xmlns:soap=\"{ns}\">{header}<soap:Body>{body}</soap:Body></soap:Envelope>"
+        ))
+    }
+
+    /// The request of one call, ready to send.
+    fn request(&self, f: &SoapFunction, call: &Call<'_>) -> Result<reqwest::Request, CallError> {
+        let invalid = |message: String| {
+            CallError::new(
+                ErrorKind::InvalidRequest,
+                format!(
+                    "cannot build the request of `{}.{}`: {message}",
+                    self.connection, call.function
+                ),
+            )
+        };
+        let envelope = self.envelope(f, call).map_err(invalid)?;
+        let mut url = self.endpoint.clone();
+        if let Some((name, value)) = &self.query_key {
+            url.query_pairs_mut().append_pair(name, value.expose());
+        }
+        net::check_url(&url, self.allow_private)
+            .map_err(|refused| CallError::new(ErrorKind::Refused, refused.to_string()))?;
+        let mut headers = self.headers.clone();
+        headers.insert(CONTENT_TYPE, f.content_type.clone());
+        if let Some(action) = &f.soap_action {
+            headers.insert(HeaderName::from_static("soapaction"), action.clone());
+        }
+        let key = HeaderValue::from_str(call.idempotency_key)
+            .map_err(|_| invalid("the idempotency key cannot be sent in a header".to_string()))?;
+        headers.insert(HeaderName::from_static(IDEMPOTENCY_HEADER), key);
+        let mut request = reqwest::Request::new(Method::POST, url);
+        *request.headers_mut() = headers;
+        *request.body_mut() = Some(envelope.into());
+        Ok(request)
+    }
+
+    /// Sends the request and reads the whole answer (at most [`MAX_BODY_BYTES`]), recording
+    /// the status and the bytes read as they arrive.
+    async fn exchange(
+        &self,
+        request: reqwest::Request,
+        seen: &mut Seen,
+    ) -> Result<Answer, CallError> {
+        let mut response = self
+            .client
+            .execute(request)
+            .await
+            .map_err(|err| self.transport_error(&err))?;
+        let status = response.status();
+        seen.status = Some(status.as_u16());
+        let retry_after = match status {
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => response
+                .headers()
+                .get(reqwest::header::RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| retry_after(v, SystemTime::now())),
+            _ => None,
+        };
+        if response
+            .content_length()
+            .is_some_and(|n| n > MAX_BODY_BYTES)
+        {
+            return Err(too_big());
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|err| self.transport_error(&err))?
+        {
+            seen.bytes += chunk.len() as u64;
+            if seen.bytes > MAX_BODY_BYTES {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Ok(Answer {
+            status,
+            retry_after,
+            body,
+        })
+    }
+
+    /// The outcome of a complete answer.
+    fn outcome(&self, f: &SoapFunction, call: &Call<'_>, answer: Answer, bytes: u64) -> Outcome {
+        let code = answer.status.as_u16();
+        let status_kind = ErrorKind::from_status(code);
+        let fail = |error: CallError| Outcome::failure(error, Some(code), bytes);
+        let reply = match xml::parse(&answer.body) {
+            Ok(root) => self.body(&root),
+            Err(why) => Err(format!(
+                "cannot read the answer of `{}`: {why}",
+                self.connection
+            )),
+        };
+        let body = match reply {
+            Ok(Reply::Fault(fault)) => {
+                let mut error = fault.error(&self.connection, &self.redactor);
+                error.retry_after = answer.retry_after;
+                return fail(error);
+            }
+            // An error status without a fault: the status says what happened.
+            _ if status_kind.is_some() => return fail(self.status_error(&answer)),
+            Ok(Reply::Body(body)) => body,
+            Err(message) => return fail(CallError::new(ErrorKind::InvalidResponse, message)),
+        };
+        let data = if f.output.is_empty() {
+            body
+        } else {
+            Value::Object(
+                f.output
+                    .iter()
+                    .map(|(field, pointer)| {
+                        let value = xml::pointer(&body, pointer).cloned();
+                        (field.clone(), value.unwrap_or(Value::Null))
+                    })
+                    .collect(),
+            )
+        };
+        let Some(schema) = &f.output_schema else {
+            return Outcome::success(data, Some(code), bytes);
+        };
+        let data = xml::typed(data, &schema.source);
+        if !schema.validator.is_valid(&data)
+            && let Err(err) = schema.validator.validate(&data)
+        {
+            let pointer = err.instance_path().as_str().to_string();
+            let at = if pointer.is_empty() {
+                "the root".to_string()
+            } else {
+                format!("`{pointer}`")
+            };
+            let detail = truncate(
+                &self.redactor.redact(&err.masked().to_string()),
+                EXCERPT_CHARS,
+            );
+            let message = format!(
+                "the answer of `{}.{}` does not match its output_schema at {at}: {detail}",
+                self.connection, call.function
+            );
+            return fail(CallError::new(ErrorKind::InvalidResponse, message));
+        }
+        Outcome::success(data, Some(code), bytes)
+    }
+
+    /// The content of a SOAP envelope's `<Body>`: a fault, or its children as JSON.
+    fn body(&self, root: &Element) -> Result<Reply, String> {
+        let ns = root.namespace.as_deref();
+        if root.name != "Envelope" || !matches!(ns, Some(SOAP11) | Some(SOAP12)) {
+            let name = match ns {
+                Some(ns) => format!("{{{ns}}}{}", root.name),
+                None => root.name.clone(),
+            };
+            return Err(format!(
+                "the answer of `{}` is not a SOAP envelope: its root element is <{name}>",
+                self.connection
+            ));
+        }
+        let Some(body) = root.child(ns, "Body") else {
+            return Err(format!(
+                "the answer of `{}` is a SOAP envelope without a Body",
+                self.connection
+            ));
+        };
+        if let Some(fault) = body.child(ns, "Fault") {
+            return Ok(Reply::Fault(Fault::read(fault, ns == Some(SOAP12))));
+        }
+        Ok(Reply::Body(Value::Object(xml::children_json(body))))
+    }
+
+    /// The error of an HTTP error status whose answer holds no SOAP fault.
+    fn status_error(&self, answer: &Answer) -> CallError {
+        let code = answer.status.as_u16();
+        let kind = ErrorKind::from_status(code).unwrap_or(ErrorKind::InvalidResponse);
+        let excerpt = excerpt(
+            self.redactor
+                .redact(&String::from_utf8_lossy(&answer.body))
+                .as_bytes(),
+        );
+        let status = match answer.status.canonical_reason() {
+            Some(reason) => format!("{code} {reason}"),
+            None => code.to_string(),
+        };
+        let message = if excerpt.is_empty() {
+            format!("`{}` answered with status {status}", self.connection)
+        } else {
+            format!(
+                "`{}` answered with status {status}: {excerpt}",
+                self.connection
+            )
+        };
+        let mut error = CallError::new(kind, message);
+        error.retry_after = answer.retry_after;
+        error
+    }
+
+    /// A transport failure as a call error. The message names the host, never the URL (its
+    /// query may hold an api key).
+    fn transport_error(&self, err: &reqwest::Error) -> CallError {
+        if let Some(refused) = net::find_refused(err) {
+            return CallError::new(ErrorKind::Refused, refused.message());
+        }
+        let host = self.endpoint.host_str().unwrap_or_default();
+        let cause = self.redactor.redact(&net::root_cause(err).to_string());
+        let conn = &self.connection;
+        let (kind, message) = if err.is_redirect() {
+            (
+                ErrorKind::InvalidResponse,
+                format!("`{conn}` ({host}) answered with a redirect that is not followed: {cause}"),
+            )
+        } else if err.is_connect() {
+            (
+                ErrorKind::Connect,
+                format!("cannot connect to `{conn}` ({host}): {cause}"),
+            )
+        } else if err.is_timeout() {
+            (
+                ErrorKind::Timeout,
+                format!("timed out waiting for `{conn}` ({host}): {cause}"),
+            )
+        } else if err.is_builder() {
+            (
+                ErrorKind::InvalidRequest,
+                format!("cannot build the request to `{conn}`: {cause}"),
+            )
+        } else {
+            (
+                ErrorKind::Unavailable,
+                format!("the exchange with `{conn}` ({host}) failed: {cause}"),
+            )
+        };
+        CallError::new(kind, message)
+    }
+}
+
+#[async_trait]
+impl Wrapper for SoapWrapper {
+    async fn call(&self, call: Call<'_>) -> Outcome {
+        let Some(f) = self.functions.get(call.function) else {
+            return Outcome::failure(
+                CallError::new(
+                    ErrorKind::Config,
+                    format!(
+                        "connection `{}` has no function `{}`",
+                        self.connection, call.function
+                    ),
+                ),
+                None,
+                0,
+            );
+        };
+        let request = match self.request(f, &call) {
+            Ok(request) => request,
+            Err(error) => return Outcome::failure(error, None, 0),
+        };
+        let mut seen = Seen::default();
+        let deadline = tokio::time::Instant::from_std(call.deadline);
+        let result = tokio::time::timeout_at(deadline, self.exchange(request, &mut seen)).await;
+        match result {
+            Ok(Ok(answer)) => self.outcome(f, &call, answer, seen.bytes),
+            Ok(Err(error)) => Outcome::failure(error, seen.status, seen.bytes),
+            Err(_elapsed) => {
+                let progress = match seen.status {
+                    Some(status) => format!(
+                        " (status {status} received, {} bytes of the body read)",
+                        seen.bytes
+                    ),
+                    None => String::new(),
+                };
+                Outcome::failure(
+                    CallError::new(
+                        ErrorKind::Timeout,
+                        format!(
+                            "`{}` gave no complete answer before the attempt's deadline{progress}",
+                            self.connection
+                        ),
+                    ),
+                    seen.status,
+                    seen.bytes,
+                )
+            }
+        }
+    }
+}
+
+/// The template environment of the body templates: strict, and every printed value
+/// XML-escaped (`safe` cannot turn that off: input is data, always).
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.set_auto_escape_callback(|_| AutoEscape::None);
+    env.set_formatter(|out, _state, value| {
+        // Booleans as XML Schema spells them (minijinja would print `True`), none as nothing.
+        let text = if value.is_none() {
+            String::new()
+        } else if value.kind() == minijinja::value::ValueKind::Bool {
+            value.is_true().to_string()
+        } else if let Some(s) = value.as_str() {
+            s.to_string()
+        } else {
+            value.to_string()
+        };
+        let mut escaped = String::with_capacity(text.len() + 8);
+        xml::escape(&text, &mut escaped).map_err(|why| {
+            minijinja::Error::new(
+                minijinja::ErrorKind::InvalidOperation,
+                format!("a printed value {why}"),
+            )
+        })?;
+        out.write_str(&escaped).map_err(minijinja::Error::from)
+    });
+    env
+}
+
+/// Deepest input converted for the templates; deeper input is refused.
+const MAX_INPUT_DEPTH: usize = 128;
+
+/// A JSON value as a template value.
+fn template_value(json: &Value, depth: usize) -> Result<minijinja::Value, String> {
+    use minijinja::Value as V;
+    if depth > MAX_INPUT_DEPTH {
+        return Err(format!(
+            "the input is nested deeper than {MAX_INPUT_DEPTH} levels"
+        ));
+    }
+    Ok(match json {
+        Value::Null => V::from(()),
+        Value::Bool(b) => V::from(*b),
+        Value::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => V::from(i),
+            (None, Some(u)) => V::from(u),
+            _ => V::from(n.as_f64().unwrap_or(f64::NAN)),
+        },
+        Value::String(s) => V::from(s.as_str()),
+        Value::Array(items) => V::from(
+            items
+                .iter()
+                .map(|item| template_value(item, depth + 1))
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Value::Object(map) => V::from_pairs(
+            map.iter()
+                .map(|(k, v)| Ok((k.clone(), template_value(v, depth + 1)?)))
+                .collect::<Result<Vec<_>, String>>()?,
+        ),
+    })
+}
+
+/// What `<Body>` held.
+enum Reply {
+    Body(Value),
+    Fault(Fault),
+}
+
+/// A SOAP fault, 1.1 or 1.2.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Fault {
+    /// The code's local name (`Client`, `Server.Database`, `Sender`, `Receiver`).
+    code: String,
+    /// The 1.2 subcode's local name, if any.
+    subcode: Option<String>,
+    reason: String,
+}
+
+impl Fault {
+    fn read(fault: &Element, soap12: bool) -> Fault {
+        let local = |qname: &str| {
+            let qname = qname.trim();
+            qname.rsplit_once(':').map_or(qname, |(_, l)| l).to_string()
+        };
+        if soap12 {
+            let code = fault.child_named("Code");
+            let value = code.and_then(|c| c.child_named("Value"));
+            let subcode = code
+                .and_then(|c| c.child_named("Subcode"))
+                .and_then(|s| s.child_named("Value"))
+                .map(|v| local(&v.text));
+            let reason = fault
+                .child_named("Reason")
+                .and_then(|r| r.child_named("Text"))
+                .map(|t| t.text.trim().to_string())
+                .unwrap_or_default();
+            Fault {
+                code: value.map(|v| local(&v.text)).unwrap_or_default(),
+                subcode,
+                reason,
+            }
+        } else {
+            Fault {
+                code: fault
+                    .child_named("faultcode")
+                    .map(|c| local(&c.text))
+                    .unwrap_or_default(),
+                subcode: None,
+                reason: fault
+                    .child_named("faultstring")
+                    .map(|s| s.text.trim().to_string())
+                    .unwrap_or_default(),
+            }
+        }
+    }
+
+    /// `Server`/`Receiver` (and their dotted refinements like `Server.Database`) may pass;
+    /// every other fault says the request itself is wrong.
+    fn kind(&self) -> ErrorKind {
+        let class = self.code.split('.').next().unwrap_or_default();
+        match class {
+            "Server" | "Receiver" => ErrorKind::Unavailable,
+            _ => ErrorKind::Rejected,
+        }
+    }
+
+    fn error(&self, connection: &str, redactor: &Redactor) -> CallError {
+        let code = match &self.subcode {
+            Some(sub) => format!("{} ({sub})", self.code),
+            None => self.code.clone(),
+        };
+        let reason = truncate(&redactor.redact(&self.reason), EXCERPT_CHARS);
+        CallError::new(
+            self.kind(),
+            format!("`{connection}` answered with SOAP fault `{code}`: {reason}"),
+        )
+    }
+}
+
+impl UsernameToken {
+    /// The `<wsse:Security>` header with a `UsernameToken` created at `now` with `nonce`.
+    fn render(&self, now: SystemTime, nonce: &[u8]) -> Result<String, String> {
+        let created = time::OffsetDateTime::from(now)
+            .replace_nanosecond(0)
+            .map_err(|err| err.to_string())?
+            .format(&time::format_description::well_known::Rfc3339)
+            .map_err(|err| err.to_string())?;
+        let mut username = String::new();
+        xml::escape(&self.username, &mut username)?;
+        let (kind, password) = if self.digest {
+            let mut hasher = <sha1::Sha1 as sha1::Digest>::new();
+            sha1::Digest::update(&mut hasher, nonce);
+            sha1::Digest::update(&mut hasher, created.as_bytes());
+            sha1::Digest::update(&mut hasher, self.password.expose().as_bytes());
+            (PASSWORD_DIGEST, base64(&sha1::Digest::finalize(hasher)))
+        } else {
+            let mut escaped = String::new();
+            xml::escape(self.password.expose(), &mut escaped)
+                .map_err(|_| "the WS-Security password holds a character XML cannot carry")?;
+            (PASSWORD_TEXT, escaped)
+        };
+        Ok(format!(
+            "<wsse:Security xmlns:wsse=\"{WSSE}\" xmlns:wsu=\"{WSU}\" soap:mustUnderstand=\"1\">\
+<wsse:UsernameToken><wsse:Username>{username}</wsse:Username>\
+<wsse:Password Type=\"{kind}\">{password}</wsse:Password>\
+<wsse:Nonce EncodingType=\"{BASE64_BINARY}\">{}</wsse:Nonce>\
+<wsu:Created>{created}</wsu:Created></wsse:UsernameToken></wsse:Security>",
+            base64(nonce)
+        ))
+    }
+}
+
+/// 16 random bytes for a `UsernameToken`'s nonce.
+fn nonce() -> [u8; 16] {
+    rand::random()
+}
+
+fn username_token(
+    ws: &WsSecurity,
+    secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
+    secrets: &mut Vec<Secret>,
+) -> Result<UsernameToken, String> {
+    let username = match SecretRef::parse(&ws.username) {
+        Ok(r) if ws.username.starts_with("${") => secret(&r)?.expose().to_string(),
+        _ => ws.username.clone(),
+    };
+    let password = secret(&ws.password)?;
+    secrets.push(password.clone());
+    Ok(UsernameToken {
+        username,
+        password,
+        digest: ws.password_type == WsPasswordType::Digest,
+    })
+}
+
+/// What the exchange has seen so far.
+#[derive(Debug, Default)]
+struct Seen {
+    status: Option<u16>,
+    bytes: u64,
+}
+
+/// A complete answer.
+struct Answer {
+    status: StatusCode,
+    retry_after: Option<Duration>,
+    body: Vec<u8>,
+}
+
+fn too_big() -> CallError {
+    CallError::new(ErrorKind::InvalidResponse, "response body exceeds 10 MiB")
+}
+
+fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| format!("`{name}` is not a header name that can be sent"))
+}
+
+// TODO(design): `Credentials`, `credentials`, `Redactor`, `retry_after`, `excerpt` and
+// `base64` repeat the REST wrapper's private helpers; both wrappers should share one module.
+
+/// Authentication, resolved and ready to send.
+enum Credentials {
+    None,
+    Header(HeaderName, HeaderValue),
+    Query(String, Secret),
+}
+
+/// Resolves the connection's auth. Every secret value read is added to `secrets`, for the
+/// redactor.
+fn credentials(
+    auth: &Auth,
+    secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
+    secrets: &mut Vec<Secret>,
+) -> Result<Credentials, String> {
+    let mut read = |r: &SecretRef| {
+        let value = secret(r)?;
+        secrets.push(value.clone());
+        Ok::<Secret, String>(value)
+    };
+    let sensitive = |text: String| {
+        let mut value = HeaderValue::from_str(&text).map_err(|_| {
+            "a credential cannot be sent in a header (it holds a line break or a control character)"
+                .to_string()
+        })?;
+        value.set_sensitive(true);
+        Ok::<HeaderValue, String>(value)
+    };
+    Ok(match auth {
+        Auth::None => Credentials::None,
+        Auth::Basic { username, password } => {
+            let username = match SecretRef::parse(username) {
+                Ok(r) if username.starts_with("${") => read(&r)?.expose().to_string(),
+                _ => username.clone(),
+            };
+            let password = read(password)?;
+            let encoded = base64(format!("{username}:{}", password.expose()).as_bytes());
+            secrets.push(Secret::new(encoded.clone()));
+            Credentials::Header(AUTHORIZATION, sensitive(format!("Basic {encoded}"))?)
+        }
+        Auth::Bearer { token } => {
+            let token = read(token)?;
+            Credentials::Header(
+                AUTHORIZATION,
+                sensitive(format!("Bearer {}", token.expose()))?,
+            )
+        }
+        Auth::ApiKey {
+            location,
+            name,
+            value,
+        } => {
+            let value = read(value)?;
+            match location {
+                ApiKeyLocation::Header => {
+                    Credentials::Header(header_name(name)?, sensitive(value.expose().to_string())?)
+                }
+                ApiKeyLocation::Query => Credentials::Query(name.clone(), value),
+            }
+        }
+        Auth::OAuth2ClientCredentials { .. } => {
+            return Err("auth type `oauth2_client_credentials` is not supported yet; its callouts fail until a later version adds it".to_string());
+        }
+        Auth::OAuth2RefreshToken { .. } => {
+            return Err("auth type `oauth2_refresh_token` is not supported yet; its callouts fail until a later version adds it".to_string());
+        }
+        Auth::Aws { .. } => {
+            return Err("auth type `aws` applies to s3 connections only".to_string());
+        }
+    })
+}
+
+/// Replaces the connection's secret values in text that may quote them.
+struct Redactor {
+    secrets: Vec<Secret>,
+}
+
+impl Redactor {
+    fn redact(&self, text: &str) -> String {
+        let mut out = text.to_string();
+        for secret in &self.secrets {
+            let value = secret.expose();
+            if value.is_empty() {
+                continue;
+            }
+            let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+            let percent =
+                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+                    .to_string();
+            let mut escaped = String::new();
+            let escaped = match xml::escape(value, &mut escaped) {
+                Ok(()) => escaped,
+                Err(_) => value.to_string(),
+            };
+            for form in [value, form.as_str(), percent.as_str(), escaped.as_str()] {
+                if out.contains(form) {
+                    out = out.replace(form, "***");
+                }
+            }
+        }
+        out
+    }
+}
+
+/// A short, single-line excerpt of a body.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    truncate(&flat, EXCERPT_CHARS)
+}
+
+fn truncate(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
+        Some((end, _)) => format!("{}…", &text[..end]),
+        None => text.to_string(),
+    }
+}
+
+/// The wait a `Retry-After` value asks for, capped at [`MAX_RETRY_AFTER`].
+fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
+    } else {
+        let at = httpdate::parse_http_date(value).ok()?;
+        at.duration_since(now).unwrap_or(Duration::ZERO)
+    };
+    Some(wait.min(MAX_RETRY_AFTER))
+}
+
+/// Standard base64 with padding (RFC 4648).
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests;
