@@ -2,10 +2,12 @@
 //! turns the answer (a result or a fault) into an [`Outcome`].
 //!
 //! One [`SoapWrapper`] per `soap` connection, built once: secrets read, body templates
-//! compiled, the HTTP client made by [`net::http_client`] (the same network policy, timeouts
-//! and redirect rules as REST). Each attempt is bounded by the call's deadline from connect to
-//! last byte and its answer by [`MAX_BODY_BYTES`]; a `Retry-After` on 429 or 503 is honoured
-//! up to [`MAX_RETRY_AFTER`].
+//! compiled, the HTTP client made by [`super::net::http_client`] (the same network policy,
+//! timeouts and redirect rules as REST). Each attempt goes through the module `wrapper::http`,
+//! as REST's do: bounded by the call's deadline from connect to last byte and its answer by
+//! [`MAX_BODY_BYTES`] (read whole whatever the status: a fault may come with any), a
+//! `Retry-After` on 429 or 503 honoured up to [`MAX_RETRY_AFTER`], secrets (also
+//! XML-escaped) kept out of every message.
 //!
 //! - Every value a body template prints is XML-escaped, so input is always character data: it
 //!   can never add an element, an attribute or a CDATA section. A value XML cannot carry (a
@@ -25,23 +27,25 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use minijinja::{AutoEscape, Environment, UndefinedBehavior};
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
-use reqwest::{Method, StatusCode};
+use reqwest::Method;
+use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use switchboard_sdk::{Call, CallError, ErrorKind, Outcome, Wrapper};
-use url::Url;
 
-use super::net;
+use super::http::{
+    Answer, Credentials, EXCERPT_CHARS, ErrorBodies, Redactor, Upstream, base64,
+    connection_headers, credentials, truncate,
+};
 use super::xml::{self, Element};
-use crate::metadata::config::{ApiKeyLocation, SoapVersion, WsPasswordType};
-use crate::metadata::model::{Auth, Connection, JsonSchema, Protocol, Request, WsSecurity};
+use crate::metadata::config::{SoapVersion, WsPasswordType};
+use crate::metadata::model::{Connection, JsonSchema, Protocol, Request, WsSecurity};
 use crate::metadata::values::{Secret, SecretRef};
 
-pub use super::rest::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
+pub use super::http::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
 
 /// The SOAP 1.1 envelope namespace.
 pub const SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
@@ -60,15 +64,9 @@ const BASE64_BINARY: &str = "http://docs.oasis-open.org/wss/2004/01/oasis-200401
 /// The header that carries the callout's idempotency key.
 const IDEMPOTENCY_HEADER: &str = "idempotency-key";
 
-/// Most characters of an upstream's answer quoted in a message.
-const EXCERPT_CHARS: usize = 200;
-
 /// Runs the callouts of one `soap` connection.
 pub struct SoapWrapper {
-    connection: String,
-    endpoint: Url,
-    allow_private: bool,
-    client: reqwest::Client,
+    upstream: Upstream,
     version: SoapVersion,
     templates: Environment<'static>,
     functions: HashMap<String, SoapFunction>,
@@ -77,7 +75,6 @@ pub struct SoapWrapper {
     /// An api key that travels in the query.
     query_key: Option<(String, Secret)>,
     ws_security: Option<UsernameToken>,
-    redactor: Redactor,
 }
 
 struct SoapFunction {
@@ -102,10 +99,10 @@ impl fmt::Debug for SoapWrapper {
         let mut functions: Vec<&str> = self.functions.keys().map(String::as_str).collect();
         functions.sort_unstable();
         f.debug_struct("SoapWrapper")
-            .field("connection", &self.connection)
-            .field("endpoint", &self.endpoint.as_str())
+            .field("connection", &self.upstream.connection)
+            .field("endpoint", &self.upstream.endpoint.as_str())
             .field("version", &self.version)
-            .field("allow_private_network", &self.allow_private)
+            .field("allow_private_network", &self.upstream.allow_private)
             .field("functions", &functions)
             .field(
                 "ws_security",
@@ -139,12 +136,7 @@ impl SoapWrapper {
             .endpoint
             .clone()
             .ok_or_else(|| fail("has no endpoint".to_string()))?;
-        let mut headers = HeaderMap::new();
-        for (k, v) in &connection.headers {
-            let value = HeaderValue::from_str(v)
-                .map_err(|_| fail(format!("header `{k}` has a value that cannot be sent")))?;
-            headers.insert(header_name(k).map_err(&fail)?, value);
-        }
+        let mut headers = connection_headers(connection).map_err(&fail)?;
         let mut secrets = Vec::new();
         let query_key = match credentials(&connection.auth, secret, &mut secrets).map_err(&fail)? {
             Credentials::None => None,
@@ -209,17 +201,13 @@ impl SoapWrapper {
             );
         }
         Ok(SoapWrapper {
-            connection: name.clone(),
-            endpoint,
-            allow_private: connection.allow_private_network,
-            client: net::http_client(connection)?,
+            upstream: Upstream::new(connection, endpoint, Redactor::with_xml_escapes(secrets))?,
             version: *version,
             templates,
             functions,
             headers,
             query_key,
             ws_security,
-            redactor: Redactor { secrets },
         })
     }
 
@@ -229,7 +217,10 @@ impl SoapWrapper {
         let cx = template_value(
             &json!({
                 "input": call.input,
-                "connection": { "name": self.connection, "endpoint": self.endpoint.as_str() },
+                "connection": {
+                    "name": self.upstream.connection,
+                    "endpoint": self.upstream.endpoint.as_str(),
+                },
                 "callout": {
                     "id": call.callout_id,
                     "attempt": call.attempt,
@@ -267,22 +258,13 @@ impl SoapWrapper {
 
     /// The request of one call, ready to send.
     fn request(&self, f: &SoapFunction, call: &Call<'_>) -> Result<reqwest::Request, CallError> {
-        let invalid = |message: String| {
-            CallError::new(
-                ErrorKind::InvalidRequest,
-                format!(
-                    "cannot build the request of `{}.{}`: {message}",
-                    self.connection, call.function
-                ),
-            )
-        };
+        let invalid = |message: String| self.upstream.invalid_request(call.function, message);
         let envelope = self.envelope(f, call).map_err(invalid)?;
-        let mut url = self.endpoint.clone();
+        let mut url = self.upstream.endpoint.clone();
         if let Some((name, value)) = &self.query_key {
             url.query_pairs_mut().append_pair(name, value.expose());
         }
-        net::check_url(&url, self.allow_private)
-            .map_err(|refused| CallError::new(ErrorKind::Refused, refused.to_string()))?;
+        self.upstream.check_url(&url)?;
         let mut headers = self.headers.clone();
         headers.insert(CONTENT_TYPE, f.content_type.clone());
         if let Some(action) = &f.soap_action {
@@ -297,53 +279,6 @@ impl SoapWrapper {
         Ok(request)
     }
 
-    /// Sends the request and reads the whole answer (at most [`MAX_BODY_BYTES`]), recording
-    /// the status and the bytes read as they arrive.
-    async fn exchange(
-        &self,
-        request: reqwest::Request,
-        seen: &mut Seen,
-    ) -> Result<Answer, CallError> {
-        let mut response = self
-            .client
-            .execute(request)
-            .await
-            .map_err(|err| self.transport_error(&err))?;
-        let status = response.status();
-        seen.status = Some(status.as_u16());
-        let retry_after = match status {
-            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE => response
-                .headers()
-                .get(reqwest::header::RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| retry_after(v, SystemTime::now())),
-            _ => None,
-        };
-        if response
-            .content_length()
-            .is_some_and(|n| n > MAX_BODY_BYTES)
-        {
-            return Err(too_big());
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = response
-            .chunk()
-            .await
-            .map_err(|err| self.transport_error(&err))?
-        {
-            seen.bytes += chunk.len() as u64;
-            if seen.bytes > MAX_BODY_BYTES {
-                return Err(too_big());
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(Answer {
-            status,
-            retry_after,
-            body,
-        })
-    }
-
     /// The outcome of a complete answer.
     fn outcome(&self, f: &SoapFunction, call: &Call<'_>, answer: Answer, bytes: u64) -> Outcome {
         let code = answer.status.as_u16();
@@ -353,17 +288,17 @@ impl SoapWrapper {
             Ok(root) => self.body(&root),
             Err(why) => Err(format!(
                 "cannot read the answer of `{}`: {why}",
-                self.connection
+                self.upstream.connection
             )),
         };
         let body = match reply {
             Ok(Reply::Fault(fault)) => {
-                let mut error = fault.error(&self.connection, &self.redactor);
+                let mut error = fault.error(&self.upstream.connection, &self.upstream.redactor);
                 error.retry_after = answer.retry_after;
                 return fail(error);
             }
             // An error status without a fault: the status says what happened.
-            _ if status_kind.is_some() => return fail(self.status_error(&answer)),
+            _ if status_kind.is_some() => return fail(self.upstream.status_error(&answer)),
             Ok(Reply::Body(body)) => body,
             Err(message) => return fail(CallError::new(ErrorKind::InvalidResponse, message)),
         };
@@ -384,24 +319,8 @@ impl SoapWrapper {
             return Outcome::success(data, Some(code), bytes);
         };
         let data = xml::typed(data, &schema.source);
-        if !schema.validator.is_valid(&data)
-            && let Err(err) = schema.validator.validate(&data)
-        {
-            let pointer = err.instance_path().as_str().to_string();
-            let at = if pointer.is_empty() {
-                "the root".to_string()
-            } else {
-                format!("`{pointer}`")
-            };
-            let detail = truncate(
-                &self.redactor.redact(&err.masked().to_string()),
-                EXCERPT_CHARS,
-            );
-            let message = format!(
-                "the answer of `{}.{}` does not match its output_schema at {at}: {detail}",
-                self.connection, call.function
-            );
-            return fail(CallError::new(ErrorKind::InvalidResponse, message));
+        if let Some(error) = self.upstream.schema_mismatch(call.function, schema, &data) {
+            return fail(error);
         }
         Outcome::success(data, Some(code), bytes)
     }
@@ -416,13 +335,13 @@ impl SoapWrapper {
             };
             return Err(format!(
                 "the answer of `{}` is not a SOAP envelope: its root element is <{name}>",
-                self.connection
+                self.upstream.connection
             ));
         }
         let Some(body) = root.child(ns, "Body") else {
             return Err(format!(
                 "the answer of `{}` is a SOAP envelope without a Body",
-                self.connection
+                self.upstream.connection
             ));
         };
         if let Some(fault) = body.child(ns, "Fault") {
@@ -430,118 +349,24 @@ impl SoapWrapper {
         }
         Ok(Reply::Body(Value::Object(xml::children_json(body))))
     }
-
-    /// The error of an HTTP error status whose answer holds no SOAP fault.
-    fn status_error(&self, answer: &Answer) -> CallError {
-        let code = answer.status.as_u16();
-        let kind = ErrorKind::from_status(code).unwrap_or(ErrorKind::InvalidResponse);
-        let excerpt = excerpt(
-            self.redactor
-                .redact(&String::from_utf8_lossy(&answer.body))
-                .as_bytes(),
-        );
-        let status = match answer.status.canonical_reason() {
-            Some(reason) => format!("{code} {reason}"),
-            None => code.to_string(),
-        };
-        let message = if excerpt.is_empty() {
-            format!("`{}` answered with status {status}", self.connection)
-        } else {
-            format!(
-                "`{}` answered with status {status}: {excerpt}",
-                self.connection
-            )
-        };
-        let mut error = CallError::new(kind, message);
-        error.retry_after = answer.retry_after;
-        error
-    }
-
-    /// A transport failure as a call error. The message names the host, never the URL (its
-    /// query may hold an api key).
-    fn transport_error(&self, err: &reqwest::Error) -> CallError {
-        if let Some(refused) = net::find_refused(err) {
-            return CallError::new(ErrorKind::Refused, refused.message());
-        }
-        let host = self.endpoint.host_str().unwrap_or_default();
-        let cause = self.redactor.redact(&net::root_cause(err).to_string());
-        let conn = &self.connection;
-        let (kind, message) = if err.is_redirect() {
-            (
-                ErrorKind::InvalidResponse,
-                format!("`{conn}` ({host}) answered with a redirect that is not followed: {cause}"),
-            )
-        } else if err.is_connect() {
-            (
-                ErrorKind::Connect,
-                format!("cannot connect to `{conn}` ({host}): {cause}"),
-            )
-        } else if err.is_timeout() {
-            (
-                ErrorKind::Timeout,
-                format!("timed out waiting for `{conn}` ({host}): {cause}"),
-            )
-        } else if err.is_builder() {
-            (
-                ErrorKind::InvalidRequest,
-                format!("cannot build the request to `{conn}`: {cause}"),
-            )
-        } else {
-            (
-                ErrorKind::Unavailable,
-                format!("the exchange with `{conn}` ({host}) failed: {cause}"),
-            )
-        };
-        CallError::new(kind, message)
-    }
 }
 
 #[async_trait]
 impl Wrapper for SoapWrapper {
     async fn call(&self, call: Call<'_>) -> Outcome {
         let Some(f) = self.functions.get(call.function) else {
-            return Outcome::failure(
-                CallError::new(
-                    ErrorKind::Config,
-                    format!(
-                        "connection `{}` has no function `{}`",
-                        self.connection, call.function
-                    ),
-                ),
-                None,
-                0,
-            );
+            return self.upstream.no_function(call.function);
         };
         let request = match self.request(f, &call) {
             Ok(request) => request,
             Err(error) => return Outcome::failure(error, None, 0),
         };
-        let mut seen = Seen::default();
-        let deadline = tokio::time::Instant::from_std(call.deadline);
-        let result = tokio::time::timeout_at(deadline, self.exchange(request, &mut seen)).await;
-        match result {
-            Ok(Ok(answer)) => self.outcome(f, &call, answer, seen.bytes),
-            Ok(Err(error)) => Outcome::failure(error, seen.status, seen.bytes),
-            Err(_elapsed) => {
-                let progress = match seen.status {
-                    Some(status) => format!(
-                        " (status {status} received, {} bytes of the body read)",
-                        seen.bytes
-                    ),
-                    None => String::new(),
-                };
-                Outcome::failure(
-                    CallError::new(
-                        ErrorKind::Timeout,
-                        format!(
-                            "`{}` gave no complete answer before the attempt's deadline{progress}",
-                            self.connection
-                        ),
-                    ),
-                    seen.status,
-                    seen.bytes,
-                )
-            }
+        let sent = self
+            .upstream
+            .send(request, call.deadline, ErrorBodies::Whole);
+        match sent.await {
+            Ok((answer, bytes)) => self.outcome(f, &call, answer, bytes),
+            Err(outcome) => outcome,
         }
     }
 }
@@ -740,183 +565,6 @@ fn username_token(
         password,
         digest: ws.password_type == WsPasswordType::Digest,
     })
-}
-
-/// What the exchange has seen so far.
-#[derive(Debug, Default)]
-struct Seen {
-    status: Option<u16>,
-    bytes: u64,
-}
-
-/// A complete answer.
-struct Answer {
-    status: StatusCode,
-    retry_after: Option<Duration>,
-    body: Vec<u8>,
-}
-
-fn too_big() -> CallError {
-    CallError::new(ErrorKind::InvalidResponse, "response body exceeds 10 MiB")
-}
-
-fn header_name(name: &str) -> Result<HeaderName, String> {
-    HeaderName::from_bytes(name.as_bytes())
-        .map_err(|_| format!("`{name}` is not a header name that can be sent"))
-}
-
-// TODO(design): `Credentials`, `credentials`, `Redactor`, `retry_after`, `excerpt` and
-// `base64` repeat the REST wrapper's private helpers; both wrappers should share one module.
-
-/// Authentication, resolved and ready to send.
-enum Credentials {
-    None,
-    Header(HeaderName, HeaderValue),
-    Query(String, Secret),
-}
-
-/// Resolves the connection's auth. Every secret value read is added to `secrets`, for the
-/// redactor.
-fn credentials(
-    auth: &Auth,
-    secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
-    secrets: &mut Vec<Secret>,
-) -> Result<Credentials, String> {
-    let mut read = |r: &SecretRef| {
-        let value = secret(r)?;
-        secrets.push(value.clone());
-        Ok::<Secret, String>(value)
-    };
-    let sensitive = |text: String| {
-        let mut value = HeaderValue::from_str(&text).map_err(|_| {
-            "a credential cannot be sent in a header (it holds a line break or a control character)"
-                .to_string()
-        })?;
-        value.set_sensitive(true);
-        Ok::<HeaderValue, String>(value)
-    };
-    Ok(match auth {
-        Auth::None => Credentials::None,
-        Auth::Basic { username, password } => {
-            let username = match SecretRef::parse(username) {
-                Ok(r) if username.starts_with("${") => read(&r)?.expose().to_string(),
-                _ => username.clone(),
-            };
-            let password = read(password)?;
-            let encoded = base64(format!("{username}:{}", password.expose()).as_bytes());
-            secrets.push(Secret::new(encoded.clone()));
-            Credentials::Header(AUTHORIZATION, sensitive(format!("Basic {encoded}"))?)
-        }
-        Auth::Bearer { token } => {
-            let token = read(token)?;
-            Credentials::Header(
-                AUTHORIZATION,
-                sensitive(format!("Bearer {}", token.expose()))?,
-            )
-        }
-        Auth::ApiKey {
-            location,
-            name,
-            value,
-        } => {
-            let value = read(value)?;
-            match location {
-                ApiKeyLocation::Header => {
-                    Credentials::Header(header_name(name)?, sensitive(value.expose().to_string())?)
-                }
-                ApiKeyLocation::Query => Credentials::Query(name.clone(), value),
-            }
-        }
-        Auth::OAuth2ClientCredentials { .. } => {
-            return Err("auth type `oauth2_client_credentials` is not supported yet; its callouts fail until a later version adds it".to_string());
-        }
-        Auth::OAuth2RefreshToken { .. } => {
-            return Err("auth type `oauth2_refresh_token` is not supported yet; its callouts fail until a later version adds it".to_string());
-        }
-        Auth::Aws { .. } => {
-            return Err("auth type `aws` applies to s3 connections only".to_string());
-        }
-    })
-}
-
-/// Replaces the connection's secret values in text that may quote them.
-struct Redactor {
-    secrets: Vec<Secret>,
-}
-
-impl Redactor {
-    fn redact(&self, text: &str) -> String {
-        let mut out = text.to_string();
-        for secret in &self.secrets {
-            let value = secret.expose();
-            if value.is_empty() {
-                continue;
-            }
-            let form: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
-            let percent =
-                percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
-                    .to_string();
-            let mut escaped = String::new();
-            let escaped = match xml::escape(value, &mut escaped) {
-                Ok(()) => escaped,
-                Err(_) => value.to_string(),
-            };
-            for form in [value, form.as_str(), percent.as_str(), escaped.as_str()] {
-                if out.contains(form) {
-                    out = out.replace(form, "***");
-                }
-            }
-        }
-        out
-    }
-}
-
-/// A short, single-line excerpt of a body.
-fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(body);
-    let flat = text.split_whitespace().collect::<Vec<_>>().join(" ");
-    truncate(&flat, EXCERPT_CHARS)
-}
-
-fn truncate(text: &str, max_chars: usize) -> String {
-    match text.char_indices().nth(max_chars) {
-        Some((end, _)) => format!("{}…", &text[..end]),
-        None => text.to_string(),
-    }
-}
-
-/// The wait a `Retry-After` value asks for, capped at [`MAX_RETRY_AFTER`].
-fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
-    let value = value.trim();
-    let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))
-    } else {
-        let at = httpdate::parse_http_date(value).ok()?;
-        at.duration_since(now).unwrap_or(Duration::ZERO)
-    };
-    Some(wait.min(MAX_RETRY_AFTER))
-}
-
-/// Standard base64 with padding (RFC 4648).
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
