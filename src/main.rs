@@ -58,6 +58,44 @@ enum Command {
     /// end and prints a summary. Exits 0 when every callout ended and the calls in flight never
     /// exceeded the cap, 1 when not, 2 when the demo could not run, 130 on Ctrl-C.
     Demo(DemoArgs),
+    /// Generate connection metadata from a service's description.
+    #[command(subcommand)]
+    Import(ImportCommand),
+}
+
+#[derive(Subcommand)]
+enum ImportCommand {
+    /// Write a SOAP connection (NAME.yaml) from a WSDL 1.1 file with inline XSD types.
+    ///
+    /// One function per operation of the first service port bound to SOAP 1.1 or 1.2: its
+    /// action, a body template rendering every input field, an input schema from the XSD
+    /// types, and an output mapping with its schema. Document/literal (wrapped and bare) and
+    /// RPC/literal styles. FILE is a local file: save a service's WSDL first, like
+    /// `curl -o crm.wsdl 'https://erp.example.com/CrmService?wsdl'`. External imports
+    /// (wsdl:import, xs:import with a schemaLocation, xs:include) are not supported yet.
+    ///
+    /// Exits 0 when the file was written, 1 when the WSDL cannot be imported, 2 when the
+    /// arguments or files cannot be used.
+    Wsdl(ImportWsdlArgs),
+}
+
+#[derive(clap::Args)]
+struct ImportWsdlArgs {
+    /// The WSDL 1.1 file (a path, not a URL).
+    file: PathBuf,
+    /// Name of the connection to write; the file is NAME.yaml.
+    #[arg(long, value_name = "NAME")]
+    connection: String,
+    /// Folder to write NAME.yaml into.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    out: PathBuf,
+    /// Overwrite NAME.yaml if it exists.
+    #[arg(long)]
+    force: bool,
+    /// Write `allow_private_network: true`, for a service on loopback or a private network
+    /// (otherwise such addresses are refused at call time).
+    #[arg(long)]
+    allow_private_network: bool,
 }
 
 #[derive(clap::Args)]
@@ -159,6 +197,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => runtime().block_on(serve(args)),
         Command::Call(args) => runtime().block_on(call(args)),
         Command::Demo(args) => runtime().block_on(demo(args)),
+        Command::Import(ImportCommand::Wsdl(args)) => import_wsdl(&args),
     }
 }
 
@@ -278,6 +317,34 @@ async fn signals(stop: tokio_util::sync::CancellationToken, engine: switchboard:
     }
     tracing::info!("stopping: no new callouts are claimed; in-flight calls may finish");
     stop.cancel();
+}
+
+fn import_wsdl(args: &ImportWsdlArgs) -> ExitCode {
+    if !switchboard::metadata::validate::is_name(&args.connection) {
+        eprintln!(
+            "error: --connection {:?} is not a valid connection name; expected lowercase letters, digits and underscores, starting with a letter, like \"billing_v2\"",
+            args.connection
+        );
+        return ExitCode::from(2);
+    }
+    let options = switchboard::import::WsdlOptions {
+        connection: args.connection.clone(),
+        allow_private_network: args.allow_private_network,
+    };
+    match switchboard::import::import_wsdl(&args.file, &args.out, args.force, &options) {
+        Ok(path) => {
+            println!(
+                "wrote {}; check it with `switchboard validate {}`",
+                path.display(),
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(err) => {
+            eprintln!("error: {err}");
+            ExitCode::from(if err.is_conversion() { 1 } else { 2 })
+        }
+    }
 }
 
 async fn demo(args: DemoArgs) -> ExitCode {

@@ -13,3 +13,4 @@ mod schema;
 mod secrets;
 mod shutdown;
 mod soap;
+mod wsdl;
