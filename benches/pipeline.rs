@@ -1481,7 +1481,8 @@ async fn store_only_here(n: usize) -> Result<Vec<Row>, String> {
                     id: uuid::Uuid::now_v7().to_string(),
                     function: FUNCTION.to_string(),
                     connection: "bench".to_string(),
-                    request_hash: switchboard::engine::request_hash(FUNCTION, &input),
+                    // As `Engine::enqueue` stores a callout without an idempotency key.
+                    request_hash: String::new(),
                     input,
                     idempotency_key: None,
                     run_at: now,
@@ -1594,9 +1595,9 @@ async fn store_only_here(n: usize) -> Result<Vec<Row>, String> {
 const FILL_BATCH: usize = 1000;
 
 /// Fills `db` with `n` queued callouts straight through `SqliteStore`, in batches of
-/// [`FILL_BATCH`] built as `Engine::enqueue` builds them (a UUID v7 id, the request hash,
-/// `run_at` = now, one `now` a batch) with the inputs the single phase POSTs; then closes the
-/// store, so a server can open the file. Returns the ids, oldest first.
+/// [`FILL_BATCH`] built as `Engine::enqueue` builds them (a UUID v7 id, no request hash as
+/// there is no key, `run_at` = now, one `now` a batch) with the inputs the single phase POSTs;
+/// then closes the store, so a server can open the file. Returns the ids, oldest first.
 async fn fill(db: &Database, n: usize, deadline: Instant) -> Result<Vec<String>, String> {
     let store = SqliteStore::open(&db.url())
         .await
@@ -1633,7 +1634,8 @@ async fn fill_open(
                     id: uuid::Uuid::now_v7().to_string(),
                     function: FUNCTION.to_string(),
                     connection: "bench".to_string(),
-                    request_hash: switchboard::engine::request_hash(FUNCTION, &input),
+                    // As `Engine::enqueue` stores a callout without an idempotency key.
+                    request_hash: String::new(),
                     input,
                     idempotency_key: None,
                     run_at: now,
