@@ -92,18 +92,15 @@ use switchboard::queue::{
     SqliteStore, Status, Store, StoreError, Transition,
 };
 use switchboard::server::{self, Server, ServerConfig};
+
+use support::{CONCURRENCY, KEY, LOOPBACK, Trips, http_client, median, with_runtimes, workers};
+
+mod support;
 use tempfile::TempDir;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
-
-/// Requests in flight for the ceiling, connections of the load client, and the server's cap.
-const CONCURRENCY: usize = 25;
-/// The caller key of the server.
-const KEY: &str = "bench-caller-key";
-/// Loopback only.
-const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
 
 // ---------------------------------------------------------------------------------------------
 // Options
@@ -936,62 +933,6 @@ async fn child(meta: &Path, db: &Path, dispatch: bool, how: Start) -> Result<(),
 
 // ---------------------------------------------------------------------------------------------
 // Load
-
-fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build()
-        .map_err(|e| format!("an HTTP client: {e}"))
-}
-
-/// Round-trip times of the requests a set of workers made, in microseconds.
-#[derive(Default)]
-struct Trips {
-    micros: Vec<u64>,
-}
-
-/// `workers` tasks share `n` jobs; `job(i)` is one request. Returns the trips in order of
-/// completion; fails on the first failed request or at `deadline`.
-async fn workers<F, Fut>(
-    n: usize,
-    workers: usize,
-    deadline: Instant,
-    job: F,
-) -> Result<Trips, String>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: std::future::Future<Output = Result<(), String>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let job = Arc::new(job);
-    let mut set = JoinSet::new();
-    for _ in 0..workers {
-        let (next, job) = (next.clone(), job.clone());
-        set.spawn(async move {
-            let mut trips = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok(trips);
-                }
-                if Instant::now() > deadline {
-                    return Err(format!("deadline passed after {i} of {n} requests"));
-                }
-                let began = Instant::now();
-                job(i).await?;
-                trips.push(began.elapsed().as_micros() as u64);
-            }
-        });
-    }
-    let mut all = Trips::default();
-    while let Some(joined) = set.join_next().await {
-        let trips = joined.map_err(|e| format!("a load worker failed: {e}"))??;
-        all.micros.extend(trips);
-    }
-    Ok(all)
-}
 
 /// One `POST /v1/callouts`, expecting 202.
 async fn post_one(client: &reqwest::Client, url: &str, i: usize) -> Result<(), String> {
@@ -2236,16 +2177,6 @@ impl CpuSpent {
 // ---------------------------------------------------------------------------------------------
 // Report
 
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        len if len % 2 == 1 => v[len / 2],
-        len => (v[len / 2 - 1] + v[len / 2]) / 2.0,
-    }
-}
-
 /// Rows of every run, by scenario, in first-seen order.
 struct Results {
     order: Vec<String>,
@@ -2873,30 +2804,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Switchboard gets a runtime of its own, as `switchboard serve` has (one worker per core);
-    // the load client and the upstream share the other. Their threads' names tell their CPU
-    // time apart.
-    let runtime = |name: &str| {
-        tokio::runtime::Builder::new_multi_thread()
-            .thread_name(name)
-            .enable_all()
-            .build()
-            .map_err(|err| format!("no Tokio runtime: {err}"))
-    };
-    let (bench, server) = match (runtime("bench-worker"), runtime("sb-worker")) {
-        (Ok(b), Ok(s)) => (b, s),
-        (Err(message), _) | (_, Err(message)) => {
-            eprintln!("error: {message}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = bench.block_on(run(&options, server.handle()));
-    server.shutdown_timeout(Duration::from_secs(5));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    with_runtimes(|server| async move { run(&options, &server).await })
 }

@@ -41,7 +41,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -54,13 +54,12 @@ use switchboard::metadata::Loader;
 use switchboard::server::{self, ServerConfig};
 use switchboard::wrapper::xml;
 use tokio::runtime::Handle;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-/// Requests in flight for the ceiling, connections of the load client, and the server's cap.
-const CONCURRENCY: usize = 25;
-const KEY: &str = "bench-caller-key";
-const LOOPBACK: [u8; 4] = [127, 0, 0, 1];
+use support::{CONCURRENCY, KEY, LOOPBACK, http_client, median, with_runtimes, workers};
+
+mod support;
+
 const SOAP11: &str = "http://schemas.xmlsoap.org/soap/envelope/";
 const ACTION: &str = "\"CreateOrder\"";
 /// Upstream latencies, ms.
@@ -250,44 +249,6 @@ impl Upstream {
 // ---------------------------------------------------------------------------------------------
 // Load
 
-fn http_client() -> Result<reqwest::Client, String> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .timeout(Duration::from_secs(30))
-        .pool_max_idle_per_host(CONCURRENCY)
-        .build()
-        .map_err(|e| format!("an HTTP client: {e}"))
-}
-
-/// `CONCURRENCY` tasks share `n` jobs; fails on the first failed job or at `deadline`.
-async fn workers<F, Fut>(n: usize, deadline: Instant, job: F) -> Result<(), String>
-where
-    F: Fn(usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = Result<(), String>> + Send,
-{
-    let next = Arc::new(AtomicUsize::new(0));
-    let job = Arc::new(job);
-    let mut set: JoinSet<Result<(), String>> = JoinSet::new();
-    for _ in 0..CONCURRENCY {
-        let (next, job) = (next.clone(), job.clone());
-        set.spawn(async move {
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= n {
-                    return Ok(());
-                }
-                tokio::time::timeout_at(deadline.into(), job(i))
-                    .await
-                    .map_err(|_| format!("deadline passed during request {i} of {n}"))??;
-            }
-        });
-    }
-    while let Some(joined) = set.join_next().await {
-        joined.map_err(|e| format!("a load worker failed: {e}"))??;
-    }
-    Ok(())
-}
-
 fn deadline(n: usize, latency_ms: u64) -> Instant {
     let ideal = n as u64 * (latency_ms + 2) / CONCURRENCY as u64;
     Instant::now() + Duration::from_secs(60) + Duration::from_millis(ideal * 5)
@@ -306,7 +267,7 @@ async fn ceiling(
     let url = url.to_string();
     let cpu = Cpu::mark();
     let began = Instant::now();
-    workers(n, deadline(n, latency), move |i| {
+    workers(n, CONCURRENCY, deadline(n, latency), move |i| {
         let (client, url) = (client.clone(), url.clone());
         async move {
             let response = client
@@ -390,7 +351,7 @@ async fn through_switchboard(
     let cpu = Cpu::mark();
     let began = Instant::now();
     let (url, noted) = (format!("{base}/v1/callouts"), first_id.clone());
-    let enqueued = workers(n, deadline, move |i| {
+    let enqueued = workers(n, CONCURRENCY, deadline, move |i| {
         let (client, url, noted) = (client.clone(), url.clone(), noted.clone());
         async move {
             let response = client
@@ -413,7 +374,8 @@ async fn through_switchboard(
             Ok(())
         }
     })
-    .await;
+    .await
+    .map(drop);
     let mut outcome = enqueued;
     if outcome.is_ok() {
         outcome = async {
@@ -601,14 +563,10 @@ fn options() -> Result<Options, String> {
     Ok(o)
 }
 
-fn median(rows: &[Row], key: &str) -> f64 {
-    let mut v: Vec<f64> = rows.iter().filter_map(|r| r.get(key).copied()).collect();
-    v.sort_by(f64::total_cmp);
-    match v.len() {
-        0 => f64::NAN,
-        l if l % 2 == 1 => v[l / 2],
-        l => (v[l / 2 - 1] + v[l / 2]) / 2.0,
-    }
+/// The median of `key` over `rows`.
+fn median_of(rows: &[Row], key: &str) -> f64 {
+    let values: Vec<f64> = rows.iter().filter_map(|r| r.get(key).copied()).collect();
+    median(&values)
 }
 
 /// µs to parse the response envelope and turn its body into JSON, best of 5 × 2,000.
@@ -667,7 +625,7 @@ async fn run(o: &Options, server_rt: &Handle) -> Result<(), String> {
             row.insert("rest_ratio".into(), f("rest_rate") / f("ceiling_rate"));
             rows.push(row);
         }
-        let m = |k: &str| median(&rows, k);
+        let m = |k: &str| median_of(&rows, k);
         let cpu = |kind: &str| {
             format!(
                 "{:.0} ({:.0} + {:.0})",
@@ -739,29 +697,5 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    // Switchboard gets a runtime of its own, as `switchboard serve` has; the load client and
-    // the upstream share the other. Their threads' names tell their CPU time apart.
-    let runtime = |name: &str| {
-        tokio::runtime::Builder::new_multi_thread()
-            .thread_name(name)
-            .enable_all()
-            .build()
-            .map_err(|err| format!("no Tokio runtime: {err}"))
-    };
-    let (bench, server) = match (runtime("bench-worker"), runtime("sb-worker")) {
-        (Ok(b), Ok(s)) => (b, s),
-        (Err(message), _) | (_, Err(message)) => {
-            eprintln!("error: {message}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = bench.block_on(run(&o, server.handle()));
-    server.shutdown_timeout(Duration::from_secs(5));
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(message) => {
-            eprintln!("error: {message}");
-            ExitCode::FAILURE
-        }
-    }
+    with_runtimes(|server| async move { run(&o, &server).await })
 }
