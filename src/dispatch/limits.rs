@@ -114,6 +114,20 @@ impl ConnState {
         }
     }
 
+    /// Waits for the end of a pause and for a rate token: what one more request of an
+    /// attempt already under way needs (see [`ConnPace`]).
+    async fn next_request(&self) {
+        loop {
+            self.wait_pause().await;
+            if let Some(rate) = &self.rate {
+                rate.until_ready().await;
+            }
+            if !self.is_paused(Instant::now()) {
+                return;
+            }
+        }
+    }
+
     fn is_paused(&self, now: Instant) -> bool {
         self.paused_until
             .lock()
@@ -141,6 +155,17 @@ impl ConnState {
     }
 }
 
+/// Paces the requests of an attempt after its first (the pages of a paginated function) by
+/// the connection's rate and pauses; its concurrency slot is already held by the attempt.
+pub struct ConnPace(pub Arc<ConnState>);
+
+#[async_trait::async_trait]
+impl switchboard_sdk::Pace for ConnPace {
+    async fn next_request(&self) {
+        self.0.next_request().await;
+    }
+}
+
 /// One claimed callout's place at its connection: waiting, then calling.
 pub struct Turn {
     state: Arc<ConnState>,
@@ -162,16 +187,8 @@ impl Turn {
         {
             self._permit = Some(permit);
         }
-        loop {
-            self.state.wait_pause().await;
-            if let Some(rate) = &self.state.rate {
-                rate.until_ready().await;
-            }
-            // A pause may have begun while waiting for the rate limiter.
-            if !self.state.is_paused(Instant::now()) {
-                break;
-            }
-        }
+        // A pause may begin while waiting for the rate limiter: `next_request` checks again.
+        self.state.next_request().await;
         if self.waiting {
             self.waiting = false;
             self.state.waiting.fetch_sub(1, Ordering::SeqCst);

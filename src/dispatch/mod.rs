@@ -26,7 +26,7 @@ use switchboard_sdk::{Call, CallError, ErrorKind, Outcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
-pub use limits::ConnLimits;
+pub use limits::{ConnLimits, ConnPace};
 
 use crate::engine::{Inner, now_millis};
 use crate::queue::{Attempt, Claimed, Finish, Finished, Next};
@@ -267,6 +267,7 @@ async fn run_one(
                         .clone()
                         .unwrap_or_else(|| callout.id.clone());
                     let attempt = claim.attempt;
+                    let pace = ConnPace(state.clone());
                     let task = tokio::spawn(async move {
                         let call = Call {
                             callout_id: &id,
@@ -275,6 +276,7 @@ async fn run_one(
                             attempt,
                             idempotency_key: &key,
                             deadline,
+                            pace: &pace,
                         };
                         wrapper.call(call).await
                     });

@@ -323,7 +323,7 @@ impl Upstream {
 }
 
 fn too_big() -> CallError {
-    CallError::new(ErrorKind::InvalidResponse, "response body exceeds 10 MiB")
+    CallError::new(ErrorKind::ResponseTooLarge, "response body exceeds 10 MiB")
 }
 
 pub(super) fn header_name(name: &str) -> Result<HeaderName, String> {

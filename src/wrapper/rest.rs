@@ -195,6 +195,22 @@ impl RestWrapper {
         Ok(request)
     }
 
+    /// Sends one request of an attempt and reads its answer before the call's deadline. Every
+    /// request of an attempt goes through here (each page of a paginated function too), so
+    /// that credentials are applied the same way to each.
+    ///
+    /// # Errors
+    /// The failed attempt's outcome (see `Upstream::send`).
+    async fn send(
+        &self,
+        request: reqwest::Request,
+        call: &Call<'_>,
+    ) -> Result<(Answer, u64), Outcome> {
+        self.upstream
+            .send(request, call.deadline, ErrorBodies::Excerpt)
+            .await
+    }
+
     /// The outcome of an answer: an error for an error status, else the mapped, checked data.
     fn outcome(&self, f: &RestFunction, call: &Call<'_>, answer: Answer, bytes: u64) -> Outcome {
         let code = answer.status.as_u16();
@@ -241,10 +257,7 @@ impl Wrapper for RestWrapper {
             Ok(request) => request,
             Err(error) => return Outcome::failure(error, None, 0),
         };
-        let sent = self
-            .upstream
-            .send(request, call.deadline, ErrorBodies::Excerpt);
-        match sent.await {
+        match self.send(request, &call).await {
             Ok((answer, bytes)) => self.outcome(f, &call, answer, bytes),
             Err(outcome) => outcome,
         }

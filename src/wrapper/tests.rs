@@ -206,6 +206,7 @@ async fn call_with(
             attempt: 1,
             idempotency_key: "idem-42",
             deadline,
+            pace: &switchboard_sdk::Unpaced,
         })
         .await
 }
@@ -603,7 +604,8 @@ async fn bodies_over_ten_mib_are_refused() {
     let echo = wrapper(&wrappers(&[ECHO], up.port), "echo");
     let outcome = call(echo.as_ref(), "big", json!({})).await;
     let err = error(&outcome);
-    assert_eq!(err.kind, ErrorKind::InvalidResponse);
+    assert_eq!(err.kind, ErrorKind::ResponseTooLarge);
+    assert!(!err.retryable());
     assert_eq!(err.message, "response body exceeds 10 MiB");
     assert_eq!(outcome.http_status, Some(200));
 

@@ -8,7 +8,7 @@ use serde_json::Value;
 
 /// Everything one attempt of a callout needs. The wrapper was built for one connection, so it
 /// already holds its endpoint, credentials and HTTP client.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone, Copy)]
 pub struct Call<'a> {
     /// The callout's id, stable across attempts.
     pub callout_id: &'a str,
@@ -22,6 +22,39 @@ pub struct Call<'a> {
     pub idempotency_key: &'a str,
     /// When this attempt must be over, connect to last byte. A wrapper stops waiting then.
     pub deadline: Instant,
+    /// Paces the requests of this attempt after its first (the pages of a paginated
+    /// function) by the connection's limits. The first request has already been paced.
+    pub pace: &'a dyn Pace,
+}
+
+impl std::fmt::Debug for Call<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Call")
+            .field("callout_id", &self.callout_id)
+            .field("function", &self.function)
+            .field("input", &self.input)
+            .field("attempt", &self.attempt)
+            .field("idempotency_key", &self.idempotency_key)
+            .field("deadline", &self.deadline)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits until the connection may take one more request of an attempt: a rate token, the end
+/// of a pause the connection asked for. A wrapper that makes several requests in one attempt
+/// awaits [`Pace::next_request`] before each one after the first.
+#[async_trait]
+pub trait Pace: Send + Sync {
+    async fn next_request(&self);
+}
+
+/// A pace that never waits: for tools and tests that call a wrapper outside the engine.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Unpaced;
+
+#[async_trait]
+impl Pace for Unpaced {
+    async fn next_request(&self) {}
 }
 
 /// What a wrapper needs to be built: the connection as the plugin declared it.
@@ -123,6 +156,12 @@ pub enum ErrorKind {
     Rejected,
     /// The response could not be read or is not what the function declares.
     InvalidResponse,
+    /// The response body is larger than the engine reads (10 MiB by default).
+    ResponseTooLarge,
+    /// The credentials were refused: the token endpoint rejected the client or the refresh
+    /// token, or the upstream still answered 401 with a fresh token. Retrying would not help
+    /// until an administrator fixes them.
+    Auth,
     /// The request could not be built from the input and the metadata.
     InvalidRequest,
     /// The network policy refused the address (private networks not allowed).
@@ -166,6 +205,8 @@ impl ErrorKind {
             ErrorKind::Unavailable => "unavailable",
             ErrorKind::Rejected => "rejected",
             ErrorKind::InvalidResponse => "invalid_response",
+            ErrorKind::ResponseTooLarge => "response_too_large",
+            ErrorKind::Auth => "auth",
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Refused => "refused",
             ErrorKind::Config => "config",

@@ -113,4 +113,4 @@ pub trait ConnectorType: Send + Sync {
 
 mod call;
 
-pub use call::{BuildContext, Call, CallError, ErrorKind, Outcome, Wrapper};
+pub use call::{BuildContext, Call, CallError, ErrorKind, Outcome, Pace, Unpaced, Wrapper};
