@@ -627,6 +627,12 @@ impl Store for Probe {
         self.reads.add(1, began);
         out
     }
+    async fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.state(key).await
+    }
+    async fn set_state(&self, key: &str, value: &str, now: Millis) -> Result<(), StoreError> {
+        self.inner.set_state(key, value, now).await
+    }
 }
 
 /// How a Switchboard is started.
@@ -1475,6 +1481,8 @@ async fn store_only_here(n: usize) -> Result<Vec<Row>, String> {
                     attempt: claim.attempt,
                     record: Attempt {
                         attempt: claim.attempt,
+                        route: 0,
+                        connection: "bench".to_owned(),
                         series: 0,
                         started_at: now,
                         duration_ms: 0,
@@ -1483,6 +1491,7 @@ async fn store_only_here(n: usize) -> Result<Vec<Row>, String> {
                         error_message: None,
                         response_bytes: 48,
                     },
+                    earlier: Vec::new(),
                     result: json!({
                         "status": "succeeded",
                         "data": { "order_id": "SO-C-1", "status": "accepted" },

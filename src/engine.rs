@@ -23,6 +23,7 @@ use crate::metadata::{Loader, Metadata, Problem};
 use crate::observe::Metrics;
 use crate::queue::{Callout, Enqueued, Millis, NewCallout, Store, StoreError};
 use crate::wrapper;
+use crate::wrapper::oauth::TokenSources;
 
 /// Reads an environment variable, for secret references.
 pub type EnvFn = dyn Fn(&str) -> Option<String> + Send + Sync;
@@ -130,6 +131,8 @@ pub(crate) struct Inner {
     pub limits: ConnLimits,
     pub shutdown: CancellationToken,
     pub env: Arc<EnvFn>,
+    /// OAuth2 access tokens, kept across reloads.
+    pub tokens: TokenSources,
 }
 
 /// A running engine. Cheap to clone.
@@ -146,8 +149,13 @@ pub fn now_millis() -> Millis {
         .map_or(0, |d| d.as_millis() as Millis)
 }
 
-fn build_version(metadata: Metadata, loader: &Loader, env: &EnvFn) -> Version {
-    let built = wrapper::build_all(&metadata, loader, env);
+fn build_version(
+    metadata: Metadata,
+    loader: &Loader,
+    env: &EnvFn,
+    tokens: &TokenSources,
+) -> Version {
+    let built = wrapper::build_all(&metadata, loader, env, tokens);
     for warning in &built.warnings {
         tracing::warn!(warning = %warning, "connection cannot run callouts");
     }
@@ -186,7 +194,8 @@ impl Engine {
         let metadata = loader
             .load(&config.metadata_dir)?
             .map_err(StartError::Invalid)?;
-        let version = build_version(metadata, &loader, env.as_ref());
+        let tokens = TokenSources::new(store.clone());
+        let version = build_version(metadata, &loader, env.as_ref(), &tokens);
         let reclaimed = store.reclaim(now_millis(), true).await?;
         if reclaimed > 0 {
             tracing::warn!(
@@ -206,6 +215,7 @@ impl Engine {
             limits: ConnLimits::default(),
             shutdown: CancellationToken::new(),
             env,
+            tokens,
         });
         let engine = Engine {
             inner,
@@ -239,6 +249,21 @@ impl Engine {
         &self.inner.config
     }
 
+    /// Every connection of the current metadata, by name, with its circuit breaker now.
+    pub fn breakers(&self) -> Vec<(Arc<crate::metadata::Connection>, dispatch::BreakerView)> {
+        let version = self.inner.current.load();
+        let (now, now_ms) = (tokio::time::Instant::now(), now_millis());
+        version
+            .metadata
+            .connections
+            .values()
+            .map(|conn| {
+                let view = self.inner.limits.state_for(conn).breaker_view(now, now_ms);
+                (conn.clone(), view)
+            })
+            .collect()
+    }
+
     /// Loads the metadata folder again. Invalid metadata is refused with its problems and the
     /// engine keeps the version it has. Returns the number of connections loaded.
     ///
@@ -260,7 +285,12 @@ impl Engine {
             }
         };
         let count = metadata.connections.len();
-        let version = build_version(metadata, &self.inner.loader, self.inner.env.as_ref());
+        let version = build_version(
+            metadata,
+            &self.inner.loader,
+            self.inner.env.as_ref(),
+            &self.inner.tokens,
+        );
         self.inner.current.store(Arc::new(version));
         self.inner.wake.notify_one();
         tracing::info!(connections = count, "metadata reloaded");

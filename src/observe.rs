@@ -4,8 +4,11 @@
 //! `switchboard_callouts_total{function,status}` counts finished attempts' outcomes,
 //! `switchboard_callouts{status}` is the number of callouts in each status (read from the store
 //! at scrape time), `switchboard_inflight` the calls in flight, and
-//! `switchboard_attempt_duration_seconds{connection}` a histogram of attempt durations. Each
-//! engine has its own recorder, so several engines can live in one process (tests).
+//! `switchboard_attempt_duration_seconds{connection}` a histogram of attempt durations,
+//! `switchboard_breaker_state{connection}` each circuit breaker's state and
+//! `switchboard_breaker_transitions_total{connection,to}` its transitions (both read from the
+//! breakers at scrape time). Each engine has its own recorder, so several engines can live in
+//! one process (tests).
 //!
 //! The series a call updates are looked up by name and labels once, then kept as handles: a
 //! call updates atomics, and a series still appears in the text only once it has a value.
@@ -130,6 +133,25 @@ impl Metrics {
                 .durations
                 .insert(connection.to_string(), histogram.clone());
             series
+        });
+    }
+
+    /// Sets a connection's circuit breaker series, read at scrape time:
+    /// `switchboard_breaker_state{connection}` (0 closed, 1 half-open, 2 open) and
+    /// `switchboard_breaker_transitions_total{connection,to}`, the transitions so far by the
+    /// state they led to.
+    pub fn breaker(&self, connection: &str, state: u8, transitions_to: &[(&str, u64)]) {
+        metrics::with_local_recorder(&self.inner.recorder, || {
+            metrics::gauge!("switchboard_breaker_state", "connection" => connection.to_string())
+                .set(f64::from(state));
+            for (to, n) in transitions_to {
+                metrics::counter!(
+                    "switchboard_breaker_transitions_total",
+                    "connection" => connection.to_string(),
+                    "to" => to.to_string()
+                )
+                .absolute(*n);
+            }
         });
     }
 

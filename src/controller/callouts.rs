@@ -145,6 +145,8 @@ fn callout_answer(status: StatusCode, c: &Callout) -> Response {
 fn attempt_json(a: &Attempt) -> Value {
     json!({
         "attempt": a.attempt,
+        "route": a.route,
+        "connection": a.connection,
         "series": a.series,
         "started_at": rfc3339(a.started_at),
         "duration_ms": a.duration_ms,

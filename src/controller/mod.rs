@@ -6,6 +6,7 @@
 //! `docs/api.md`.
 
 mod callouts;
+mod connections;
 pub mod error;
 
 use std::sync::Arc;
@@ -56,6 +57,7 @@ pub fn router(state: AppState) -> Router {
         .route("/callouts/{id}/replay", post(callouts::replay))
         .route("/callouts/{id}/cancel", post(callouts::cancel))
         .route("/functions", get(callouts::functions))
+        .route("/connections", get(connections::list))
         .route("/admin/reload", post(callouts::reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()
@@ -128,6 +130,17 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let counts = state.engine.store().counts().await.unwrap_or_default();
+    for (conn, breaker) in state.engine.breakers() {
+        let by_state: Vec<(&str, u64)> = breaker
+            .transitions_to
+            .iter()
+            .map(|(to, n)| (to.as_str(), *n))
+            .collect();
+        state
+            .engine
+            .metrics()
+            .breaker(&conn.name, breaker.state.index() as u8, &by_state);
+    }
     let text = state.engine.metrics().render(&counts);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

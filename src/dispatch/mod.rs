@@ -14,6 +14,7 @@
 //! lease was lost. Every claimed callout ends recorded (succeeded, retrying, failed), released
 //! at shutdown, or — if this process dies — reclaimed after its lease.
 
+pub mod breaker;
 mod limits;
 pub mod retry;
 
@@ -26,10 +27,15 @@ use switchboard_sdk::{Call, CallError, ErrorKind, Outcome};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 
+pub use limits::BreakerView;
 pub use limits::{ConnLimits, ConnPace};
 
-use crate::engine::{Inner, now_millis};
+use crate::engine::{Inner, Version, now_millis};
+use crate::metadata::Connection;
+use crate::metadata::config::HttpMethod;
+use crate::metadata::model::{Function, Request};
 use crate::queue::{Attempt, Claimed, Finish, Finished, Next};
+use limits::Turn;
 
 /// Claims held now: callout id → attempt, to release them at shutdown.
 type Active = Arc<Mutex<HashMap<String, u32>>>;
@@ -154,26 +160,31 @@ struct Gates {
     slots: Arc<Semaphore>,
 }
 
-/// Runs one claimed callout to its recorded end. `slot` is its claim slot (from `slots`), held
-/// to the end but while waiting for the connection; the global permit is taken from `permits`
-/// for the call and the recording of its result.
+/// Runs one claimed callout to its recorded end: on its function's connection, then — when
+/// that fails in a way another connection can serve — on each fallback in turn. `slot` is its
+/// claim slot (from `slots`), held to the end but while waiting for a connection; the global
+/// permit is taken from `permits` for the calls and the recording of the result.
 async fn run_one(
     inner: Arc<Inner>,
     claim: Claimed,
     slot: OwnedSemaphorePermit,
-    Gates { permits, slots }: Gates,
+    gates: Gates,
     active: Active,
     lease: Duration,
 ) {
-    let mut slot = Some(slot);
+    let mut held = Held {
+        slot: Some(slot),
+        permit: None,
+    };
     let callout = &claim.callout;
     let version = inner.current.load_full();
-    let started = now_millis();
     let found = version.metadata.function(&callout.function);
-    // The permit, if a call was made: held until its result is durable.
-    let (outcome, duration_ms, connection_name, permit) = match found {
-        None => (
-            Outcome::failure(
+    // Every try of this attempt, in route order; the last one's outcome is the result.
+    let mut tries: Vec<Attempt> = Vec::new();
+    let mut last: Option<(Outcome, u64, String)> = None;
+    match found {
+        None => {
+            let outcome = Outcome::failure(
                 CallError::new(
                     ErrorKind::Config,
                     format!(
@@ -183,145 +194,108 @@ async fn run_one(
                 ),
                 None,
                 0,
-            ),
-            0,
-            callout.connection.clone(),
-            None,
-        ),
-        Some((conn, function)) => {
-            let state = inner.limits.state_for(conn);
-            let mut turn = state.enter();
-            // Waiting for the connection holds no permit and no claim slot, so it cannot keep
-            // the cap from other connections; the lease is extended while it waits, and a
-            // shutdown ends the wait (the claim is released, the call never made).
-            {
-                let ready = turn.ready();
-                tokio::pin!(ready);
-                let at_once = tokio::select! {
-                    biased;
-                    _ = &mut ready => true,
-                    _ = std::future::ready(()) => false,
-                };
-                if !at_once {
-                    drop(slot.take());
-                    let extend_every = (lease / 3).max(Duration::from_millis(10));
-                    loop {
-                        tokio::select! {
-                            _ = &mut ready => break,
-                            _ = inner.shutdown.cancelled() => return,
-                            _ = tokio::time::sleep(extend_every) => {
-                                let until = now_millis() + lease.as_millis() as i64;
-                                if let Ok(Finished::Fenced) =
-                                    inner.store.extend_lease(&callout.id, claim.attempt, until).await
-                                {
-                                    // The claim was lost (a stall outlived the lease): let it go.
-                                    forget(&active, &callout.id, claim.attempt);
-                                    return;
-                                }
-                            }
-                        }
-                    }
-                    slot = tokio::select! {
-                        taken = slots.acquire_owned() => match taken {
-                            Ok(taken) => Some(taken),
-                            Err(_) => return,
-                        },
-                        _ = inner.shutdown.cancelled() => return,
-                    };
-                }
-            }
-            let permit = tokio::select! {
-                p = permits.acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = inner.shutdown.cancelled() => return,
-            };
-            if inner.shutdown.is_cancelled() {
-                return;
-            }
-            let wrapper = version.wrappers.get(&conn.name).cloned();
-            let guard = inner.metrics.call_started();
-            let begin = tokio::time::Instant::now();
-            let deadline = std::time::Instant::now() + conn.limits.timeout;
-            let outcome = match wrapper {
-                None => Outcome::failure(
-                    CallError::new(
-                        ErrorKind::Config,
-                        format!("connection `{}` has no wrapper", conn.name),
-                    ),
-                    None,
-                    0,
-                ),
-                Some(wrapper) => {
-                    // The call runs in its own task, so that a panicking wrapper fails this
-                    // attempt (and is retried, then dead-lettered) instead of the dispatcher's
-                    // task; the guard aborts it if this task ends first.
-                    let (id, name, input) = (
-                        callout.id.clone(),
-                        function.name.clone(),
-                        callout.input.clone(),
-                    );
-                    let key = callout
-                        .idempotency_key
-                        .clone()
-                        .unwrap_or_else(|| callout.id.clone());
-                    let attempt = claim.attempt;
-                    let pace = ConnPace(state.clone());
-                    let task = tokio::spawn(async move {
-                        let call = Call {
-                            callout_id: &id,
-                            function: &name,
-                            input: &input,
-                            attempt,
-                            idempotency_key: &key,
-                            deadline,
-                            pace: &pace,
-                        };
-                        wrapper.call(call).await
-                    });
-                    let _abort = AbortOnDrop(task.abort_handle());
-                    let limit = tokio::time::Instant::from_std(deadline) + Duration::from_secs(1);
-                    match tokio::time::timeout_at(limit, task).await {
-                        Ok(Ok(outcome)) => outcome,
-                        Ok(Err(join)) => {
-                            tracing::error!(callout_id = %callout.id, connection = %conn.name, panicked = join.is_panic(), "the wrapper failed unexpectedly");
-                            Outcome::failure(
-                                CallError::new(
-                                    ErrorKind::Internal,
-                                    format!("the `{}` wrapper failed unexpectedly", conn.type_name),
-                                ),
-                                None,
-                                0,
-                            )
-                        }
-                        Err(_) => Outcome::failure(
-                            CallError::new(
-                                ErrorKind::Timeout,
-                                format!("no answer within {:?}", conn.limits.timeout),
-                            ),
-                            None,
-                            0,
-                        ),
-                    }
-                }
-            };
-            let duration_ms = begin.elapsed().as_millis() as u64;
-            drop(guard);
-            drop(turn);
-            if let Err(err) = &outcome.result
-                && let Some(wait) = err.retry_after
-            {
-                let wait = wait.min(inner.config.retry_after_cap);
-                state.pause_for(wait);
-                let until = now_millis() + wait.as_millis() as i64;
-                if let Err(e) = inner.store.delay_connection(&conn.name, until).await {
-                    tracing::warn!(error = %e, connection = %conn.name, "could not delay the connection's queue");
-                }
-                inner.wake.notify_one();
-            }
-            (outcome, duration_ms, conn.name.clone(), Some(permit))
+            );
+            tries.push(journal_entry(
+                &claim,
+                0,
+                &callout.connection,
+                now_millis(),
+                0,
+                &outcome,
+            ));
+            last = Some((outcome, 0, callout.connection.clone()));
         }
+        Some((conn, function)) => {
+            let route = route_of(&version.metadata, conn, function);
+            for (index, (c, f)) in route.iter().enumerate() {
+                let route_no = index as u32;
+                let is_last = index + 1 == route.len();
+                let state = inner.limits.state_for(c);
+                if index > 0 {
+                    // A try on another connection: keep the claim alive for it.
+                    let until = now_millis() + lease.as_millis() as i64;
+                    if let Ok(Finished::Fenced) = inner
+                        .store
+                        .extend_lease(&callout.id, claim.attempt, until)
+                        .await
+                    {
+                        forget(&active, &callout.id, claim.attempt);
+                        return;
+                    }
+                }
+                let skipped = if !is_last && state.breaker_open() {
+                    Some(CallError::new(
+                        ErrorKind::Unavailable,
+                        format!("`{}` was not called: its circuit breaker is open", c.name),
+                    ))
+                } else if index > 0 && !f.input_schema.validator.is_valid(&callout.input) {
+                    Some(CallError::new(
+                        ErrorKind::InvalidRequest,
+                        format!(
+                            "the input does not satisfy the input_schema of the fallback `{}.{}`",
+                            c.name, f.name
+                        ),
+                    ))
+                } else {
+                    None
+                };
+                if let Some(error) = skipped {
+                    let outcome = Outcome::failure(error, None, 0);
+                    tries.push(journal_entry(
+                        &claim,
+                        route_no,
+                        &c.name,
+                        now_millis(),
+                        0,
+                        &outcome,
+                    ));
+                    last = Some((outcome, 0, c.name.clone()));
+                    continue;
+                }
+                let Some(turn) =
+                    wait_turn(&inner, &state, &mut held, &gates, &claim, &active, lease).await
+                else {
+                    return;
+                };
+                let started = now_millis();
+                let (outcome, duration_ms) =
+                    call_wrapper(&inner, &version, c, f, &claim, &state).await;
+                drop(turn);
+                state.record(&outcome.result);
+                if let Err(err) = &outcome.result
+                    && let Some(wait) = err.retry_after
+                {
+                    let wait = wait.min(inner.config.retry_after_cap);
+                    state.pause_for(wait);
+                    let until = now_millis() + wait.as_millis() as i64;
+                    if let Err(e) = inner.store.delay_connection(&c.name, until).await {
+                        tracing::warn!(error = %e, connection = %c.name, "could not delay the connection's queue");
+                    }
+                    inner.wake.notify_one();
+                }
+                tries.push(journal_entry(
+                    &claim,
+                    route_no,
+                    &c.name,
+                    started,
+                    duration_ms,
+                    &outcome,
+                ));
+                let fail_over = !is_last && may_fail_over(&outcome, f, callout);
+                if fail_over {
+                    tracing::info!(callout_id = %callout.id, from = %c.name, "failing over to the next connection of the function");
+                }
+                last = Some((outcome, duration_ms, c.name.clone()));
+                if !fail_over {
+                    break;
+                }
+            }
+        }
+    }
+    let (Some((outcome, duration_ms, connection_name)), Some(record)) = (last, tries.pop()) else {
+        // A route is never empty; nothing was tried, so there is nothing to record.
+        forget(&active, &callout.id, claim.attempt);
+        return;
     };
     let retry_policy = found.map(|(c, _)| c.retry.clone()).unwrap_or_default();
     let now = now_millis();
@@ -347,26 +321,14 @@ async fn run_one(
         duration_ms as f64 / 1000.0,
     );
     let result = standard_result(&outcome, duration_ms, claim.attempt, &connection_name);
-    let (error_kind, error_message) = match &outcome.result {
-        Ok(_) => (None, None),
-        Err(e) => (Some(e.kind.as_str().to_string()), Some(e.message.clone())),
-    };
     if let Err(e) = &outcome.result {
         tracing::debug!(callout_id = %callout.id, function = %callout.function, attempt = claim.attempt, error = %e, outcome = status_word, "attempt failed");
     }
     let finish = Finish {
         id: callout.id.clone(),
         attempt: claim.attempt,
-        record: Attempt {
-            attempt: claim.attempt,
-            series: 0,
-            started_at: started,
-            duration_ms,
-            http_status: outcome.http_status,
-            error_kind,
-            error_message,
-            response_bytes: outcome.response_bytes,
-        },
+        record,
+        earlier: tries,
         result,
         next,
         now,
@@ -393,9 +355,228 @@ async fn run_one(
         }
     }
     forget(&active, &callout.id, claim.attempt);
-    drop(permit);
-    drop(slot);
+    drop(held);
     let _ = inner.finished.send(callout.id.clone());
+}
+
+/// What a callout holds while it runs: its claim slot (dropped while it waits for a
+/// connection) and, from its first call until its result is durable, a global permit.
+struct Held {
+    slot: Option<OwnedSemaphorePermit>,
+    permit: Option<OwnedSemaphorePermit>,
+}
+
+/// The function and then its fallbacks, as (connection, function); fallbacks a reload removed
+/// are left out.
+fn route_of<'m>(
+    metadata: &'m crate::metadata::Metadata,
+    conn: &'m Arc<Connection>,
+    function: &'m Function,
+) -> Vec<(&'m Arc<Connection>, &'m Function)> {
+    let mut route = vec![(conn, function)];
+    for target in &function.fallback {
+        if let Some(found) = metadata.function(&target.to_string()) {
+            route.push(found);
+        }
+    }
+    route
+}
+
+/// Waits until `state`'s connection may take the call, then takes a global permit if the
+/// callout holds none. Waiting holds neither a permit nor a claim slot, so it cannot keep the
+/// cap from other connections; the lease is extended while it waits. `None` when the callout
+/// must be let go: a shutdown (the claim is released, the call never made) or a lost lease.
+async fn wait_turn(
+    inner: &Arc<Inner>,
+    state: &Arc<limits::ConnState>,
+    held: &mut Held,
+    gates: &Gates,
+    claim: &Claimed,
+    active: &Active,
+    lease: Duration,
+) -> Option<Turn> {
+    let callout = &claim.callout;
+    let mut turn = state.enter();
+    {
+        let ready = turn.ready();
+        tokio::pin!(ready);
+        let at_once = tokio::select! {
+            biased;
+            _ = &mut ready => true,
+            _ = std::future::ready(()) => false,
+        };
+        if !at_once {
+            held.slot = None;
+            held.permit = None;
+            let extend_every = (lease / 3).max(Duration::from_millis(10));
+            loop {
+                tokio::select! {
+                    _ = &mut ready => break,
+                    _ = inner.shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(extend_every) => {
+                        let until = now_millis() + lease.as_millis() as i64;
+                        if let Ok(Finished::Fenced) =
+                            inner.store.extend_lease(&callout.id, claim.attempt, until).await
+                        {
+                            // The claim was lost (a stall outlived the lease): let it go.
+                            forget(active, &callout.id, claim.attempt);
+                            return None;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if held.slot.is_none() {
+        held.slot = tokio::select! {
+            taken = gates.slots.clone().acquire_owned() => Some(taken.ok()?),
+            _ = inner.shutdown.cancelled() => return None,
+        };
+    }
+    if held.permit.is_none() {
+        held.permit = tokio::select! {
+            p = gates.permits.clone().acquire_owned() => Some(p.ok()?),
+            _ = inner.shutdown.cancelled() => return None,
+        };
+    }
+    if inner.shutdown.is_cancelled() {
+        return None;
+    }
+    Some(turn)
+}
+
+/// Makes one call of `function` on `conn` and returns its outcome and how long it took. The
+/// wrapper runs in its own task, so that a panicking wrapper fails this try (retried, then
+/// dead-lettered) instead of the dispatcher's task; it is aborted if this task ends first.
+async fn call_wrapper(
+    inner: &Inner,
+    version: &Version,
+    conn: &Connection,
+    function: &Function,
+    claim: &Claimed,
+    state: &Arc<limits::ConnState>,
+) -> (Outcome, u64) {
+    let callout = &claim.callout;
+    let wrapper = version.wrappers.get(&conn.name).cloned();
+    let guard = inner.metrics.call_started();
+    let begin = tokio::time::Instant::now();
+    let deadline = std::time::Instant::now() + conn.limits.timeout;
+    let outcome = match wrapper {
+        None => Outcome::failure(
+            CallError::new(
+                ErrorKind::Config,
+                format!("connection `{}` has no wrapper", conn.name),
+            ),
+            None,
+            0,
+        ),
+        Some(wrapper) => {
+            let (id, name, input) = (
+                callout.id.clone(),
+                function.name.clone(),
+                callout.input.clone(),
+            );
+            let key = callout
+                .idempotency_key
+                .clone()
+                .unwrap_or_else(|| callout.id.clone());
+            let attempt = claim.attempt;
+            let pace = ConnPace(state.clone());
+            let task = tokio::spawn(async move {
+                let call = Call {
+                    callout_id: &id,
+                    function: &name,
+                    input: &input,
+                    attempt,
+                    idempotency_key: &key,
+                    deadline,
+                    pace: &pace,
+                };
+                wrapper.call(call).await
+            });
+            let _abort = AbortOnDrop(task.abort_handle());
+            let limit = tokio::time::Instant::from_std(deadline) + Duration::from_secs(1);
+            match tokio::time::timeout_at(limit, task).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(join)) => {
+                    tracing::error!(callout_id = %callout.id, connection = %conn.name, panicked = join.is_panic(), "the wrapper failed unexpectedly");
+                    Outcome::failure(
+                        CallError::new(
+                            ErrorKind::Internal,
+                            format!("the `{}` wrapper failed unexpectedly", conn.type_name),
+                        ),
+                        None,
+                        0,
+                    )
+                }
+                Err(_) => Outcome::failure(
+                    CallError::new(
+                        ErrorKind::Timeout,
+                        format!("no answer within {:?}", conn.limits.timeout),
+                    ),
+                    None,
+                    0,
+                ),
+            }
+        }
+    };
+    let duration_ms = begin.elapsed().as_millis() as u64;
+    drop(guard);
+    (outcome, duration_ms)
+}
+
+/// Whether a failed try may be served by the next connection of the route: nothing was sent
+/// (a connect error), the upstream answered with a 5xx, or — when the outcome is unknown (a
+/// timeout, an exchange cut after sending, a 408) — the request is safe to repeat elsewhere:
+/// an idempotent method, or a callout with its own idempotency key.
+fn may_fail_over(outcome: &Outcome, function: &Function, callout: &crate::queue::Callout) -> bool {
+    let Err(error) = &outcome.result else {
+        return false;
+    };
+    let repeatable = callout.idempotency_key.is_some()
+        || matches!(
+            &function.request,
+            Request::Rest {
+                method: HttpMethod::Get | HttpMethod::Head | HttpMethod::Put | HttpMethod::Delete,
+                ..
+            }
+        );
+    match error.kind {
+        ErrorKind::Connect => true,
+        ErrorKind::Unavailable => match outcome.http_status {
+            Some(status) if status >= 500 => true,
+            _ => repeatable,
+        },
+        ErrorKind::Timeout | ErrorKind::Internal => repeatable,
+        _ => false,
+    }
+}
+
+/// The journal's entry for one try of the claim's attempt.
+fn journal_entry(
+    claim: &Claimed,
+    route: u32,
+    connection: &str,
+    started_at: i64,
+    duration_ms: u64,
+    outcome: &Outcome,
+) -> Attempt {
+    let (error_kind, error_message) = match &outcome.result {
+        Ok(_) => (None, None),
+        Err(e) => (Some(e.kind.as_str().to_string()), Some(e.message.clone())),
+    };
+    Attempt {
+        attempt: claim.attempt,
+        route,
+        connection: connection.to_string(),
+        series: 0,
+        started_at,
+        duration_ms,
+        http_status: outcome.http_status,
+        error_kind,
+        error_message,
+        response_bytes: outcome.response_bytes,
+    }
 }
 
 /// Drops a claim from the active set, unless a newer claim of the same callout replaced it.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::values::{HumanDuration, Rate, SecretRef};
+use super::values::{HumanDuration, Rate, SecretRef, SettingValue};
 
 /// A REST connection: an HTTP API reached at `endpoint`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -35,10 +35,15 @@ pub struct RestConnectionConfig {
     pub headers: Option<BTreeMap<String, String>>,
     /// Header carrying the stable per-callout idempotency key. Default `Idempotency-Key`.
     pub idempotency_header: Option<String>,
+    /// Plain, non-secret values the templates read as `settings.NAME`, like
+    /// `{ account_id: A-17, api_version: "2024-01" }`. Secrets belong under `auth`.
+    pub settings: Option<BTreeMap<String, SettingValue>>,
     /// Rate, concurrency and time limits.
     pub limits: Option<LimitsConfig>,
     /// How failed calls are retried.
     pub retry: Option<RetryConfig>,
+    /// The circuit breaker: stops calling the connection while it keeps failing. On by default.
+    pub breaker: Option<BreakerConfig>,
     /// Named operations on this connection.
     pub functions: Option<BTreeMap<String, RestFunctionConfig>>,
 }
@@ -67,10 +72,15 @@ pub struct SoapConnectionConfig {
     pub auth: Option<AuthConfig>,
     /// HTTP headers sent with every request of this connection.
     pub headers: Option<BTreeMap<String, String>>,
+    /// Plain, non-secret values the body template reads as `settings.NAME`, like
+    /// `{ company_code: "1000" }`. Secrets belong under `auth` or `ws_security`.
+    pub settings: Option<BTreeMap<String, SettingValue>>,
     /// Rate, concurrency and time limits.
     pub limits: Option<LimitsConfig>,
     /// How failed calls are retried.
     pub retry: Option<RetryConfig>,
+    /// The circuit breaker: stops calling the connection while it keeps failing. On by default.
+    pub breaker: Option<BreakerConfig>,
     /// Named operations on this connection.
     pub functions: Option<BTreeMap<String, SoapFunctionConfig>>,
 }
@@ -110,6 +120,8 @@ pub struct S3ConnectionConfig {
     pub limits: Option<LimitsConfig>,
     /// How failed calls are retried.
     pub retry: Option<RetryConfig>,
+    /// The circuit breaker: stops calling the connection while it keeps failing. On by default.
+    pub breaker: Option<BreakerConfig>,
     /// Named operations on the bucket.
     pub functions: Option<BTreeMap<String, S3FunctionConfig>>,
 }
@@ -138,6 +150,8 @@ pub struct PluginConnectionConfig {
     pub limits: Option<LimitsConfig>,
     /// How failed calls are retried.
     pub retry: Option<RetryConfig>,
+    /// The circuit breaker: stops calling the connection while it keeps failing. On by default.
+    pub breaker: Option<BreakerConfig>,
     /// Named operations.
     pub functions: Option<BTreeMap<String, PluginFunctionConfig>>,
 }
@@ -148,6 +162,10 @@ pub struct PluginConnectionConfig {
 pub struct RestFunctionConfig {
     /// What the function does, shown in listings.
     pub description: Option<String>,
+    /// Connections that serve this function when its own connection cannot: on a connect
+    /// error, a 5xx, or an open circuit breaker, the next one in the list is tried. Each entry
+    /// is a connection name (its function of the same name) or `connection.function`.
+    pub fallback: Option<Vec<String>>,
     /// HTTP method. Default `GET`.
     pub method: Option<HttpMethod>,
     /// Path after the endpoint, a template: `/invoices/{{ input.invoice_id }}`. Input values are
@@ -165,8 +183,78 @@ pub struct RestFunctionConfig {
     /// JSON Schema the mapped result must satisfy.
     pub output_schema: Option<serde_json::Value>,
     /// Output mapping: result field → JSON Pointer into the response body, like
-    /// `{ invoice_id: /data/id }`. Default: the whole body.
+    /// `{ invoice_id: /data/id }`. Default: the whole body. With `pagination`, it applies to
+    /// each item.
     pub output: Option<BTreeMap<String, String>>,
+    /// Reads a list spread over several pages (a `GET` function): every page is requested in
+    /// turn and the items of all of them make one result, `{ items, pages, truncated }`.
+    /// Default: one request, one answer.
+    pub pagination: Option<PaginationConfig>,
+}
+
+/// How a REST function pages through a list. `type` decides which other keys apply.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PaginationConfig {
+    /// How the next page is found: `cursor` (a cursor in the body, sent back in the query),
+    /// `next_url` (the next page's URL in the body), `link_header` (an RFC 8288
+    /// `Link: <...>; rel="next"` header), `page` (a page number in the query) or `offset` (an
+    /// item offset in the query).
+    pub r#type: PaginationKind,
+    /// JSON Pointer to each page's list of items, like `/data`; `""` when the body is the list.
+    pub items: String,
+    /// `cursor`: JSON Pointer to the next page's cursor in the body, like `/meta/next_cursor`.
+    /// No value, `null` or `""` there ends the list.
+    pub cursor: Option<String>,
+    /// `cursor`: the query parameter that carries the cursor, like `cursor` or
+    /// `starting_after`.
+    pub cursor_param: Option<String>,
+    /// `next_url`: JSON Pointer to the next page's URL in the body, like `/links/next`. No
+    /// value, `null` or `""` there ends the list.
+    pub next_url: Option<String>,
+    /// `page`: the query parameter that carries the page number. Default `page`.
+    pub page_param: Option<String>,
+    /// `page`: the number of the first page. Default `1`.
+    pub first_page: Option<u64>,
+    /// `offset`: the query parameter that carries the offset of the page's first item
+    /// (0 for the first page). Default `offset`.
+    pub offset_param: Option<String>,
+    /// The query parameter that asks for `page_size` items a page, like `limit` or
+    /// `per_page`; needs `page_size`. With `next_url` and `link_header` it is sent with the
+    /// first request only (the next URLs are followed as given).
+    pub limit_param: Option<String>,
+    /// Items asked for a page, like `100`. With `page` and `offset`, a page with fewer items
+    /// is the last.
+    pub page_size: Option<u32>,
+    /// JSON Pointer to a boolean in each page that says whether more pages follow, like
+    /// `/has_more`; `false` ends the list. Every page must have it.
+    pub has_more: Option<String>,
+    /// Most pages read in one attempt, 1 to 10000. More pages left unread make the result
+    /// `truncated: true`. Default `100`.
+    pub max_pages: Option<u32>,
+}
+
+/// Ways a REST function's list is paged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum PaginationKind {
+    Cursor,
+    NextUrl,
+    LinkHeader,
+    Page,
+    Offset,
+}
+
+impl PaginationKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            PaginationKind::Cursor => "cursor",
+            PaginationKind::NextUrl => "next_url",
+            PaginationKind::LinkHeader => "link_header",
+            PaginationKind::Page => "page",
+            PaginationKind::Offset => "offset",
+        }
+    }
 }
 
 /// One SOAP operation.
@@ -175,6 +263,10 @@ pub struct RestFunctionConfig {
 pub struct SoapFunctionConfig {
     /// What the function does, shown in listings.
     pub description: Option<String>,
+    /// Connections that serve this function when its own connection cannot: on a connect
+    /// error, a 5xx, or an open circuit breaker, the next one in the list is tried. Each entry
+    /// is a connection name (its function of the same name) or `connection.function`.
+    pub fallback: Option<Vec<String>>,
     /// The SOAP action (`SOAPAction` header in 1.1, `action` parameter in 1.2).
     pub action: Option<String>,
     /// The body inside `<soap:Body>`, a template; input values are XML-escaped.
@@ -218,6 +310,10 @@ pub struct S3FunctionConfig {
 pub struct PluginFunctionConfig {
     /// What the function does, shown in listings.
     pub description: Option<String>,
+    /// Connections that serve this function when its own connection cannot: on a connect
+    /// error, a 5xx, or an open circuit breaker, the next one in the list is tried. Each entry
+    /// is a connection name (its function of the same name) or `connection.function`.
+    pub fallback: Option<Vec<String>>,
     /// The request, in the plugin's own shape.
     pub request: Option<serde_json::Value>,
     /// JSON Schema the callout's input must satisfy.
@@ -259,6 +355,14 @@ pub struct AuthConfig {
     pub scopes: Option<Vec<String>>,
     /// `oauth2_client_credentials`: audience, for providers that want one.
     pub audience: Option<String>,
+    /// `oauth2_*`: how the client authenticates to the token endpoint: `basic` (default: the
+    /// client id and secret in an `Authorization: Basic` header, RFC 6749 section 2.3.1) or
+    /// `body` (`client_id` and `client_secret` as form fields).
+    pub client_auth: Option<OAuth2ClientAuth>,
+    /// `oauth2_*`: an answer that means "the access token expired" although its status is not
+    /// 401 (some services answer 200 with an error in the body). Such an answer is handled
+    /// like a 401: one token refresh, one retry.
+    pub expired_when: Option<ExpiredWhenConfig>,
     /// `aws`: access key id, a secret reference. Leave out both keys for the standard chain.
     pub access_key_id: Option<SecretRef>,
     /// `aws`: secret access key, a secret reference.
@@ -296,6 +400,29 @@ impl AuthKind {
             AuthKind::Aws => "aws",
         }
     }
+}
+
+/// How an OAuth2 client authenticates to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum OAuth2ClientAuth {
+    Basic,
+    Body,
+}
+
+/// A rule that recognises an answer meaning "the access token expired". `status` and a body
+/// test (`pointer` with `equals`, or `contains`) must all match.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExpiredWhenConfig {
+    /// The answer's HTTP status, like `200`. Default: any status.
+    pub status: Option<u16>,
+    /// JSON Pointer into the answer's JSON body, like `/error/code`; with `equals`.
+    pub pointer: Option<String>,
+    /// The value at `pointer` that means "expired", like `"INVALID_SESSION_ID"`.
+    pub equals: Option<serde_json::Value>,
+    /// Text the answer's body contains when the token expired, like `token expired`.
+    pub contains: Option<String>,
 }
 
 /// Where an API key is sent.
@@ -415,4 +542,28 @@ pub struct RetryConfig {
     pub max_delay: Option<HumanDuration>,
     /// Give up once a callout is this old. Default `24h`.
     pub max_age: Option<HumanDuration>,
+}
+
+/// The circuit breaker of a connection. It opens when, over the last `window`, at least
+/// `min_calls` calls ended and at least `failure_ratio` of them failed (connect errors, timeouts,
+/// `5xx` and `408` answers); callouts then wait, none is called, for `open_for`. Then it lets
+/// `half_open_probes` calls through: the first to end decides, closed again on a success, open
+/// again on a failure.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    /// Whether the breaker is on. Default `true`.
+    pub enabled: Option<bool>,
+    /// The share of the calls in the window that must have failed for the breaker to open:
+    /// above 0 and at most 1, like `0.5` (half of them). Default `0.5`.
+    pub failure_ratio: Option<f64>,
+    /// The sliding window the ratio is computed over, like `60s`. Default `60s`.
+    pub window: Option<HumanDuration>,
+    /// Calls that must have ended in the window before the ratio counts; 1 or more. Default `5`.
+    pub min_calls: Option<u32>,
+    /// How long the breaker stays open before it lets probe calls through, like `30s`.
+    /// Default `30s`.
+    pub open_for: Option<HumanDuration>,
+    /// Calls let through at once while half-open; 1 or more. Default `1`.
+    pub half_open_probes: Option<u32>,
 }

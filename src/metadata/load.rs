@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use switchboard_sdk::ConnectorType;
 
-use super::model::{Connection, Metadata, Source};
+use super::model::{Connection, FunctionRef, Metadata, Source};
 use super::problem::{FieldPath, Problem};
 use super::validate::{self, BUILT_IN_TYPES, TypeLookup, is_name};
 use super::yaml::{self, Node, Pos};
@@ -129,6 +129,8 @@ impl Loader {
         let mut problems = Vec::new();
         let mut connections: BTreeMap<String, Arc<Connection>> = BTreeMap::new();
         let mut first_seen: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
+        // Each function's fallbacks, checked once every connection is known.
+        let mut fallbacks: Vec<(PathBuf, Pos, FieldPath, FunctionRef)> = Vec::new();
         for (file, text) in files {
             let text = match text {
                 Ok(text) => text,
@@ -195,8 +197,24 @@ impl Loader {
                 }
                 first_seen.insert(name.to_string(), (file.clone(), name_pos));
                 if let Some(conn) = checked.connection {
+                    for (fname, f) in &conn.functions {
+                        for (i, target) in f.fallback.iter().enumerate() {
+                            let path = FieldPath::root()
+                                .key("functions")
+                                .key(fname)
+                                .key("fallback")
+                                .index(i);
+                            let pos = validate::locate(&node, &path, false);
+                            fallbacks.push((file.clone(), pos, prefix.join(&path), target.clone()));
+                        }
+                    }
                     connections.insert(conn.name.clone(), Arc::new(conn));
                 }
+            }
+        }
+        for (file, pos, path, target) in fallbacks {
+            if let Some(message) = fallback_problem(&connections, &path, &target) {
+                problems.push(Problem::new(&file, pos, &path, message));
             }
         }
         if problems.is_empty() {
@@ -206,6 +224,45 @@ impl Loader {
             Err(problems)
         }
     }
+}
+
+/// Why a function cannot fall back to `target`, if it cannot: the connection or its function
+/// does not exist, or it is the function's own connection. `path` is the entry's,
+/// `connections.NAME.functions.FN.fallback[i]`.
+fn fallback_problem(
+    connections: &BTreeMap<String, Arc<Connection>>,
+    path: &FieldPath,
+    target: &FunctionRef,
+) -> Option<String> {
+    let own = path.to_string();
+    let own = own.strip_prefix("connections.").unwrap_or(&own);
+    if own.split('.').next() == Some(target.connection.as_str()) {
+        return Some(format!(
+            "`{target}` is on the function's own connection; expected another connection to fall back to"
+        ));
+    }
+    let Some(conn) = connections.get(&target.connection) else {
+        let names: Vec<&str> = connections.keys().map(String::as_str).collect();
+        return Some(format!(
+            "no connection `{}`; expected one of: {}",
+            target.connection,
+            names.join(", ")
+        ));
+    };
+    if conn.functions.contains_key(&target.function) {
+        return None;
+    }
+    let names: Vec<&str> = conn.functions.keys().map(String::as_str).collect();
+    Some(format!(
+        "connection `{}` has no function `{}`; expected one of: {}",
+        target.connection,
+        target.function,
+        if names.is_empty() {
+            "(none)".to_string()
+        } else {
+            names.join(", ")
+        }
+    ))
 }
 
 /// `connections.NAME` for a document (nothing while it has no name), and where its name is.

@@ -13,7 +13,8 @@ use std::time::Duration;
 use url::Url;
 
 use super::config::{
-    ApiKeyLocation, HttpMethod, S3Operation, ServerSideEncryption, SoapVersion, WsPasswordType,
+    ApiKeyLocation, HttpMethod, OAuth2ClientAuth, S3Operation, ServerSideEncryption, SoapVersion,
+    WsPasswordType,
 };
 use super::problem::Problem;
 use super::values::{Rate, SecretRef};
@@ -95,6 +96,7 @@ pub struct Connection {
     pub headers: Vec<(String, String)>,
     pub limits: Limits,
     pub retry: RetryPolicy,
+    pub breaker: BreakerPolicy,
     pub protocol: Protocol,
     pub functions: BTreeMap<String, Function>,
     /// Every secret reference of the connection, with where it is written.
@@ -106,11 +108,15 @@ pub struct Connection {
 pub enum Protocol {
     Rest {
         idempotency_header: String,
+        /// Plain values the templates read as `settings.NAME` (text, numbers, booleans).
+        settings: Settings,
     },
     Soap {
         version: SoapVersion,
         /// The WS-Security `UsernameToken` every request carries, if any.
         ws_security: Option<WsSecurity>,
+        /// Plain values the body templates read as `settings.NAME`.
+        settings: Settings,
     },
     S3 {
         bucket: String,
@@ -123,6 +129,9 @@ pub enum Protocol {
         settings: serde_json::Value,
     },
 }
+
+/// A connection's settings: name → text, number or boolean, never a secret.
+pub type Settings = BTreeMap<String, serde_json::Value>;
 
 /// A WS-Security `UsernameToken`, its password a reference.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,6 +164,7 @@ pub enum Auth {
         client_secret: SecretRef,
         scopes: Vec<String>,
         audience: Option<String>,
+        options: OAuth2Options,
     },
     OAuth2RefreshToken {
         token_url: Url,
@@ -162,11 +172,52 @@ pub enum Auth {
         client_secret: Option<SecretRef>,
         refresh_token: SecretRef,
         scopes: Vec<String>,
+        options: OAuth2Options,
     },
     /// Static keys, or `None` for the standard AWS credential chain.
     Aws {
         keys: Option<AwsKeys>,
     },
+}
+
+/// What both OAuth2 grants share besides their credentials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OAuth2Options {
+    pub client_auth: OAuth2ClientAuth,
+    pub expired_when: Option<ExpiredWhen>,
+}
+
+/// Recognises an answer that means "the access token expired" (see the config's
+/// `expired_when`). Every part given must match.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExpiredWhen {
+    pub status: Option<u16>,
+    /// A JSON Pointer and the value there that means "expired".
+    pub equals: Option<(String, serde_json::Value)>,
+    pub contains: Option<String>,
+}
+
+impl ExpiredWhen {
+    /// Whether an answer with `status` and `body` means the token expired.
+    pub fn matches(&self, status: u16, body: &[u8]) -> bool {
+        if self.status.is_some_and(|s| s != status) {
+            return false;
+        }
+        if let Some(text) = &self.contains
+            && !String::from_utf8_lossy(body).contains(text.as_str())
+        {
+            return false;
+        }
+        if let Some((pointer, value)) = &self.equals {
+            let Ok(json) = serde_json::from_slice::<serde_json::Value>(body) else {
+                return false;
+            };
+            if json.pointer(pointer) != Some(value) {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -211,6 +262,35 @@ impl Default for RetryPolicy {
     }
 }
 
+/// Circuit breaker policy with defaults filled in (see [`super::config::BreakerConfig`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BreakerPolicy {
+    pub enabled: bool,
+    /// Above 0, at most 1.
+    pub failure_ratio: f64,
+    /// Above zero.
+    pub window: Duration,
+    /// 1 or more.
+    pub min_calls: u32,
+    /// Above zero.
+    pub open_for: Duration,
+    /// 1 or more.
+    pub half_open_probes: u32,
+}
+
+impl Default for BreakerPolicy {
+    fn default() -> Self {
+        BreakerPolicy {
+            enabled: true,
+            failure_ratio: 0.5,
+            window: Duration::from_secs(60),
+            min_calls: 5,
+            open_for: Duration::from_secs(30),
+            half_open_probes: 1,
+        }
+    }
+}
+
 /// One validated function.
 #[derive(Debug, Clone)]
 pub struct Function {
@@ -221,6 +301,22 @@ pub struct Function {
     pub output_schema: Option<JsonSchema>,
     /// Result field → JSON Pointer; empty means the whole body.
     pub output: Vec<(String, String)>,
+    /// Functions that serve a callout when this one's connection cannot, in order (checked
+    /// to exist when the metadata is loaded).
+    pub fallback: Vec<FunctionRef>,
+}
+
+/// A function named from another: `connection.function`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRef {
+    pub connection: String,
+    pub function: String,
+}
+
+impl std::fmt::Display for FunctionRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.connection, self.function)
+    }
 }
 
 impl Function {
@@ -270,6 +366,8 @@ pub enum Request {
         query: Vec<(String, String)>,
         headers: Vec<(String, String)>,
         body: Option<serde_json::Value>,
+        /// How the answer's list is paged; `None` for one request, one answer.
+        pagination: Option<Pagination>,
     },
     Soap {
         action: Option<String>,
@@ -285,6 +383,44 @@ pub enum Request {
     Plugin {
         request: serde_json::Value,
     },
+}
+
+/// How a REST function pages through a list (see [`super::config::PaginationConfig`]), with
+/// defaults filled in. Only `GET` functions page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pagination {
+    /// JSON Pointer to each page's array of items (`""`: the body is the array).
+    pub items: String,
+    pub next: PageLink,
+    /// The query parameter asking for `page_size` items, sent with the first request (and
+    /// with every request for `cursor`, `page` and `offset`).
+    pub limit_param: Option<String>,
+    /// Items asked for a page; with `page` and `offset`, a shorter page is the last.
+    pub page_size: Option<u32>,
+    /// JSON Pointer to a boolean in each page: `false` ends the list.
+    pub has_more: Option<String>,
+    /// 1 to [`Pagination::MAX_PAGES`].
+    pub max_pages: u32,
+}
+
+impl Pagination {
+    pub const DEFAULT_MAX_PAGES: u32 = 100;
+    pub const MAX_PAGES: u32 = 10_000;
+}
+
+/// How the request of the next page is made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PageLink {
+    /// The cursor at `pointer` in the body, sent back as the query parameter `param`.
+    Cursor { pointer: String, param: String },
+    /// The URL at `pointer` in the body.
+    NextUrl { pointer: String },
+    /// The `Link` header's `rel="next"` URL (RFC 8288).
+    LinkHeader,
+    /// The page number in the query parameter `param`, from `first`.
+    Page { param: String, first: u64 },
+    /// The offset of the page's first item in the query parameter `param`, from 0.
+    Offset { param: String },
 }
 
 /// A JSON Schema with its compiled validator.

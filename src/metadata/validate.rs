@@ -10,17 +10,21 @@ use switchboard_sdk::{ConnectorType, PathSegment};
 use url::Url;
 
 use super::config::{
-    AuthConfig, AuthKind, HttpMethod, LimitsConfig, PluginConnectionConfig, RestConnectionConfig,
-    RetryConfig, S3ConnectionConfig, S3Operation, SoapConnectionConfig, SoapVersion,
-    WsPasswordType,
+    AuthConfig, AuthKind, BreakerConfig, ExpiredWhenConfig, HttpMethod, LimitsConfig,
+    OAuth2ClientAuth, PaginationConfig, PaginationKind, PluginConnectionConfig,
+    RestConnectionConfig, RetryConfig, S3ConnectionConfig, S3Operation, SoapConnectionConfig,
+    SoapVersion, WsPasswordType,
 };
 use super::de::{self, DeError};
+use super::helpers;
+use super::model::Settings;
 use super::model::{
-    Auth, AwsKeys, Connection, Function, JsonSchema, Limits, Protocol, Request, RetryPolicy,
-    SecretUse, Source, WsSecurity,
+    Auth, AwsKeys, BreakerPolicy, Connection, ExpiredWhen, Function, FunctionRef, JsonSchema,
+    Limits, OAuth2Options, PageLink, Pagination, Protocol, Request, RetryPolicy, SecretUse, Source,
+    WsSecurity,
 };
 use super::problem::{FieldPath, FieldProblem, Seg, list, suggestion};
-use super::values::SecretRef;
+use super::values::{SecretRef, SettingValue};
 use super::yaml::{Node, Pos, Value, quote};
 
 /// The connection types built into the engine.
@@ -31,8 +35,15 @@ const JSON_TYPES: [&str; 7] = [
     "string", "number", "integer", "boolean", "object", "array", "null",
 ];
 
-/// Variables a template may use.
-const TEMPLATE_ROOTS: [&str; 3] = ["input", "connection", "callout"];
+/// The filters templates add to minijinja's own, for suggestions.
+const HELPER_FILTERS: [&str; 6] = [
+    "b64decode",
+    "b64encode",
+    "dateformat",
+    "datetimeformat",
+    "timeformat",
+    "urlencode",
+];
 
 /// Looks up connection types added by plugins.
 pub trait TypeLookup {
@@ -118,6 +129,7 @@ pub fn check_document(node: &mut Node, source: Source, types: &dyn TypeLookup) -
     let mut cx = Cx {
         problems,
         secrets: Vec::new(),
+        settings: None,
     };
     let connection = match type_name.as_str() {
         "rest" => cx
@@ -159,6 +171,9 @@ pub fn check_document(node: &mut Node, source: Source, types: &dyn TypeLookup) -
 struct Cx {
     problems: Vec<FieldProblem>,
     secrets: Vec<(FieldPath, SecretRef)>,
+    /// The settings of a connection type that has them (REST, SOAP), which its templates may
+    /// read; `None` for the others.
+    settings: Option<Settings>,
 }
 
 /// What every connection type shares, checked.
@@ -168,6 +183,7 @@ struct Common {
     auth: Auth,
     limits: Limits,
     retry: RetryPolicy,
+    breaker: BreakerPolicy,
     headers: Vec<(String, String)>,
 }
 
@@ -209,8 +225,10 @@ impl Cx {
             c.auth.as_ref(),
             c.limits.as_ref(),
             c.retry.as_ref(),
+            c.breaker.as_ref(),
             c.headers.as_ref(),
         );
+        self.settings = Some(self.settings(c.settings.as_ref()));
         let idempotency_header = c
             .idempotency_header
             .unwrap_or_else(|| "Idempotency-Key".to_string());
@@ -249,7 +267,16 @@ impl Cx {
                 collect_strings(body, &at.key("body"), &mut templates);
             }
             self.templates(&templates, input.as_ref());
+            let fallback = self.fallback(&at.key("fallback"), &fname, f.fallback.as_deref());
             let output_map = self.output_map(&at.key("output"), f.output.as_ref());
+            let pagination = f.pagination.as_ref().and_then(|p| {
+                self.pagination(
+                    &at,
+                    p,
+                    f.method.unwrap_or(HttpMethod::Get),
+                    f.query.as_ref(),
+                )
+            });
             if let Some(input) = input {
                 functions.insert(
                     fname.clone(),
@@ -262,10 +289,12 @@ impl Cx {
                             query: f.query.unwrap_or_default().into_iter().collect(),
                             headers: f.headers.unwrap_or_default().into_iter().collect(),
                             body: f.body,
+                            pagination,
                         },
                         input_schema: input,
                         output_schema: output,
                         output: output_map,
+                        fallback,
                     },
                 );
             }
@@ -282,7 +311,11 @@ impl Cx {
             headers: common.headers,
             limits: common.limits,
             retry: common.retry,
-            protocol: Protocol::Rest { idempotency_header },
+            breaker: common.breaker,
+            protocol: Protocol::Rest {
+                idempotency_header,
+                settings: self.settings.take().unwrap_or_default(),
+            },
             functions,
             secrets: Vec::new(),
         })
@@ -297,8 +330,10 @@ impl Cx {
             c.auth.as_ref(),
             c.limits.as_ref(),
             c.retry.as_ref(),
+            c.breaker.as_ref(),
             c.headers.as_ref(),
         );
+        self.settings = Some(self.settings(c.settings.as_ref()));
         let ws_security = c.ws_security.as_ref().map(|ws| {
             let at = root.key("ws_security");
             if ws.username.starts_with("${") {
@@ -325,6 +360,7 @@ impl Cx {
                 .as_ref()
                 .and_then(|s| self.schema(&at.key("output_schema"), Some(s), false));
             self.templates(&[(at.key("body"), f.body.as_str())], input.as_ref());
+            let fallback = self.fallback(&at.key("fallback"), &fname, f.fallback.as_deref());
             let output_map = self.output_map(&at.key("output"), f.output.as_ref());
             if let Some(input) = input {
                 functions.insert(
@@ -339,6 +375,7 @@ impl Cx {
                         input_schema: input,
                         output_schema: output,
                         output: output_map,
+                        fallback,
                     },
                 );
             }
@@ -355,9 +392,11 @@ impl Cx {
             headers: common.headers,
             limits: common.limits,
             retry: common.retry,
+            breaker: common.breaker,
             protocol: Protocol::Soap {
                 version: c.soap_version.unwrap_or(SoapVersion::V1_1),
                 ws_security,
+                settings: self.settings.take().unwrap_or_default(),
             },
             functions,
             secrets: Vec::new(),
@@ -373,6 +412,7 @@ impl Cx {
             c.auth.as_ref(),
             c.limits.as_ref(),
             c.retry.as_ref(),
+            c.breaker.as_ref(),
             None,
         );
         if !is_bucket_name(&c.bucket) {
@@ -409,6 +449,7 @@ impl Cx {
                 templates.push((at.key("prefix"), prefix.as_str()));
             }
             self.templates(&templates, input.as_ref());
+            let fallback = Vec::new();
             let output_map = self.output_map(&at.key("output"), f.output.as_ref());
             if let Some(input) = input {
                 functions.insert(
@@ -428,6 +469,7 @@ impl Cx {
                         input_schema: input,
                         output_schema: output,
                         output: output_map,
+                        fallback,
                     },
                 );
             }
@@ -444,6 +486,7 @@ impl Cx {
             headers: Vec::new(),
             limits: common.limits,
             retry: common.retry,
+            breaker: common.breaker,
             protocol: Protocol::S3 {
                 bucket: c.bucket,
                 region: c.region.unwrap_or_else(|| "us-east-1".to_string()),
@@ -470,6 +513,7 @@ impl Cx {
             c.auth.as_ref(),
             c.limits.as_ref(),
             c.retry.as_ref(),
+            c.breaker.as_ref(),
             None,
         );
         let settings = c.settings.unwrap_or(serde_json::Value::Null);
@@ -492,6 +536,7 @@ impl Cx {
             for issue in kind.validate_request(&request) {
                 self.push(plugin_path(&at.key("request"), &issue.path), issue.message);
             }
+            let fallback = self.fallback(&at.key("fallback"), &fname, f.fallback.as_deref());
             let output_map = self.output_map(&at.key("output"), f.output.as_ref());
             if let Some(input) = input {
                 functions.insert(
@@ -503,6 +548,7 @@ impl Cx {
                         input_schema: input,
                         output_schema: output,
                         output: output_map,
+                        fallback,
                     },
                 );
             }
@@ -519,6 +565,7 @@ impl Cx {
             headers: Vec::new(),
             limits: common.limits,
             retry: common.retry,
+            breaker: common.breaker,
             protocol: Protocol::Plugin { settings },
             functions,
             secrets: Vec::new(),
@@ -534,6 +581,7 @@ impl Cx {
         auth: Option<&AuthConfig>,
         limits: Option<&LimitsConfig>,
         retry: Option<&RetryConfig>,
+        breaker: Option<&BreakerConfig>,
         headers: Option<&BTreeMap<String, String>>,
     ) -> Option<Common> {
         let root = FieldPath::root();
@@ -549,6 +597,7 @@ impl Cx {
         let auth = self.auth(type_name, auth);
         let limits = self.limits(limits);
         let retry = self.retry(retry);
+        let breaker = self.breaker(breaker);
         let mut header_list = Vec::new();
         for (k, v) in headers.into_iter().flatten() {
             if !is_header_name(k) {
@@ -574,6 +623,7 @@ impl Cx {
             auth: auth?,
             limits: limits?,
             retry: retry?,
+            breaker: breaker?,
             headers: header_list,
         })
     }
@@ -648,6 +698,8 @@ impl Cx {
             ("refresh_token", a.refresh_token.is_some()),
             ("scopes", a.scopes.is_some()),
             ("audience", a.audience.is_some()),
+            ("client_auth", a.client_auth.is_some()),
+            ("expired_when", a.expired_when.is_some()),
             ("access_key_id", a.access_key_id.is_some()),
             ("secret_access_key", a.secret_access_key.is_some()),
             ("session_token", a.session_token.is_some()),
@@ -662,11 +714,11 @@ impl Cx {
             AuthKind::ApiKey => (&["in", "name", "value"], &[]),
             AuthKind::OAuth2ClientCredentials => (
                 &["token_url", "client_id", "client_secret"],
-                &["scopes", "audience"],
+                &["scopes", "audience", "client_auth", "expired_when"],
             ),
             AuthKind::OAuth2RefreshToken => (
                 &["token_url", "client_id", "refresh_token"],
-                &["client_secret", "scopes"],
+                &["client_secret", "scopes", "client_auth", "expired_when"],
             ),
             AuthKind::Aws => (
                 &[],
@@ -733,9 +785,17 @@ impl Cx {
                 "https://login.example.com/oauth2/token",
             )
         });
+        let expired_when = a
+            .expired_when
+            .as_ref()
+            .and_then(|rule| self.expired_when(&at.key("expired_when"), rule));
         if self.problems.len() > before {
             return None;
         }
+        let options = OAuth2Options {
+            client_auth: a.client_auth.unwrap_or(OAuth2ClientAuth::Basic),
+            expired_when,
+        };
         // Every required key is present from here on.
         let secret = |cx: &mut Cx, key: &str, r: &Option<SecretRef>| {
             r.as_ref().map(|r| cx.secret(at.key(key), r))
@@ -766,6 +826,7 @@ impl Cx {
                 client_secret: secret(self, "client_secret", &a.client_secret)?,
                 scopes: a.scopes.clone().unwrap_or_default(),
                 audience: a.audience.clone(),
+                options,
             },
             AuthKind::OAuth2RefreshToken => Auth::OAuth2RefreshToken {
                 token_url: token_url?,
@@ -773,6 +834,7 @@ impl Cx {
                 client_secret: secret(self, "client_secret", &a.client_secret),
                 refresh_token: secret(self, "refresh_token", &a.refresh_token)?,
                 scopes: a.scopes.clone().unwrap_or_default(),
+                options,
             },
             AuthKind::Aws => Auth::Aws {
                 keys: match (&a.access_key_id, &a.secret_access_key) {
@@ -784,6 +846,42 @@ impl Cx {
                     _ => None,
                 },
             },
+        })
+    }
+
+    /// Checks an OAuth2 `expired_when` rule: a body test (`pointer` with `equals`, or
+    /// `contains`) is required, and `pointer` and `equals` go together.
+    fn expired_when(&mut self, at: &FieldPath, rule: &ExpiredWhenConfig) -> Option<ExpiredWhen> {
+        let before = self.problems.len();
+        if let Some(status) = rule.status
+            && !(100..=599).contains(&status)
+        {
+            self.push(
+                at.key("status"),
+                format!("{status} is not an HTTP status; expected 100 to 599, like 200"),
+            );
+        }
+        if let Some(pointer) = &rule.pointer
+            && !(pointer.is_empty() || pointer.starts_with('/'))
+        {
+            self.push(at.key("pointer"), format!("{} is not a JSON Pointer; expected one starting with `/`, like \"/error/code\"", quote(pointer)));
+        }
+        match (&rule.pointer, &rule.equals) {
+            (Some(_), None) => self.push(at.clone(), "`pointer` needs `equals`; expected the value that means \"expired\", like `equals: INVALID_SESSION_ID`"),
+            (None, Some(_)) => self.push(at.clone(), "`equals` needs `pointer`; expected where in the body to look, like `pointer: /error/code`"),
+            (None, None) if rule.contains.is_none() => self.push(at.clone(), "a rule without a body test would take every answer for an expired token; expected `pointer` with `equals`, or `contains`"),
+            _ => {}
+        }
+        if rule.contains.as_deref() == Some("") {
+            self.push(at.key("contains"), "empty text is in every body; expected the words that mean \"expired\", like \"token expired\"");
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(ExpiredWhen {
+            status: rule.status,
+            equals: rule.pointer.clone().zip(rule.equals.clone()),
+            contains: rule.contains.clone(),
         })
     }
 
@@ -883,6 +981,88 @@ impl Cx {
         (self.problems.len() == before).then_some(policy)
     }
 
+    /// Reads a function's `fallback` list: each entry a connection name (its function of the
+    /// same name) or `connection.function`. That they exist is checked once every document is
+    /// read (see the loader).
+    fn fallback(
+        &mut self,
+        at: &FieldPath,
+        function: &str,
+        entries: Option<&[String]>,
+    ) -> Vec<FunctionRef> {
+        let mut refs: Vec<FunctionRef> = Vec::new();
+        for (i, entry) in entries.unwrap_or_default().iter().enumerate() {
+            let (connection, target) = match entry.split_once('.') {
+                Some((c, f)) => (c, f),
+                None => (entry.as_str(), function),
+            };
+            if !is_name(connection) || !is_name(target) {
+                self.push(
+                    at.index(i),
+                    format!("{} is not a fallback; expected a connection name, like \"mail_backup\", or `connection.function`, like \"mail_backup.send_email\"", quote(entry)),
+                );
+                continue;
+            }
+            let r = FunctionRef {
+                connection: connection.to_string(),
+                function: target.to_string(),
+            };
+            if refs.contains(&r) {
+                self.push(
+                    at.index(i),
+                    format!("`{r}` is named twice; expected each fallback once"),
+                );
+                continue;
+            }
+            refs.push(r);
+        }
+        refs
+    }
+
+    fn breaker(&mut self, breaker: Option<&BreakerConfig>) -> Option<BreakerPolicy> {
+        let at = FieldPath::root().key("breaker");
+        let before = self.problems.len();
+        let d = BreakerPolicy::default();
+        let Some(b) = breaker else { return Some(d) };
+        let policy = BreakerPolicy {
+            enabled: b.enabled.unwrap_or(d.enabled),
+            failure_ratio: b.failure_ratio.unwrap_or(d.failure_ratio),
+            window: b.window.map_or(d.window, |x| x.0),
+            min_calls: b.min_calls.unwrap_or(d.min_calls),
+            open_for: b.open_for.map_or(d.open_for, |x| x.0),
+            half_open_probes: b.half_open_probes.unwrap_or(d.half_open_probes),
+        };
+        let ratio = policy.failure_ratio;
+        if ratio.is_nan() || ratio <= 0.0 || ratio > 1.0 {
+            self.push(
+                at.key("failure_ratio"),
+                format!("{ratio} is not a share of the calls; expected a number above 0 and at most 1, like 0.5 (half of them)"),
+            );
+        }
+        if policy.window.is_zero() {
+            self.push(
+                at.key("window"),
+                "a window of zero holds no calls; expected a duration above zero, like \"60s\"",
+            );
+        }
+        if policy.min_calls == 0 {
+            self.push(
+                at.key("min_calls"),
+                "0 is not a number of calls; expected 1 or more, like 5",
+            );
+        }
+        if policy.open_for.is_zero() {
+            self.push(at.key("open_for"), "a breaker open for zero never holds a call back; expected a duration above zero, like \"30s\"");
+        }
+        if policy.half_open_probes == 0 {
+            self.push(
+                at.key("half_open_probes"),
+                "0 probes would never close the breaker; expected 1 or more",
+            );
+        }
+        (self.problems.len() == before).then_some(policy)
+    }
+
     fn function_name(&mut self, at: &FieldPath, name: &str) {
         if !is_name(name) {
             self.problems.push(FieldProblem::at_key(
@@ -970,9 +1150,10 @@ impl Cx {
         }
     }
 
-    /// Parses each template and checks every variable it uses against the input schema.
+    /// Parses each template and checks every variable it uses (against the input schema and
+    /// the connection's settings) and every filter and test it names.
     fn templates(&mut self, templates: &[(FieldPath, &str)], input: Option<&JsonSchema>) {
-        let env = minijinja::Environment::new();
+        let env = helpers::environment();
         for (path, source) in templates {
             if !source.contains("{{") && !source.contains("{%") && !source.contains("{#") {
                 continue;
@@ -989,27 +1170,67 @@ impl Cx {
                     continue;
                 }
             };
+            for (kind, name) in helpers::unknown_helpers(&env, source) {
+                let hint = match super::problem::did_you_mean(name, HELPER_FILTERS) {
+                    Some(best) if kind == "filter" => format!("did you mean `{best}`?"),
+                    _ if kind == "filter" => format!(
+                        "expected a helper ({}) or a minijinja filter, like `upper` or `default`",
+                        list(&HELPER_FILTERS)
+                    ),
+                    _ => "expected a minijinja test, like `defined` or `number`".to_string(),
+                };
+                self.push(
+                    path.clone(),
+                    format!("template uses unknown {kind} `{name}`; {hint}"),
+                );
+            }
             let mut used: Vec<String> = template.undeclared_variables(true).into_iter().collect();
             used.sort();
             for var in used {
                 let mut parts = var.split('.');
                 let root = parts.next().unwrap_or_default();
-                if !TEMPLATE_ROOTS.contains(&root) {
-                    self.push(path.clone(), format!(
-                        "template uses unknown variable `{root}`; expected `input.<field>`, `connection.<field>` or `callout.<field>`"
-                    ));
-                    continue;
-                }
-                if root != "input" {
-                    continue;
-                }
-                let Some(schema) = input else { continue };
                 let fields: Vec<&str> = parts.collect();
-                if let Err(message) = declared(&schema.source, &fields) {
+                let checked = match (root, &self.settings) {
+                    ("input", _) => match input {
+                        Some(schema) => declared(&schema.source, &fields),
+                        None => Ok(()),
+                    },
+                    ("settings", Some(settings)) => setting_declared(settings, &fields),
+                    ("connection", _) => {
+                        field_of("connection", &helpers::CONNECTION_FIELDS, &fields)
+                    }
+                    ("callout", _) => field_of("callout", &helpers::CALLOUT_FIELDS, &fields),
+                    _ if helpers::is_function(&env, root) => Ok(()),
+                    (_, settings) => Err(unknown_variable(root, settings.is_some())),
+                };
+                if let Err(message) = checked {
                     self.push(path.clone(), message);
                 }
             }
         }
+    }
+
+    /// Checks the names of a connection's settings (values were checked as they were read)
+    /// and returns them.
+    fn settings(&mut self, settings: Option<&BTreeMap<String, SettingValue>>) -> Settings {
+        let at = FieldPath::root().key("settings");
+        let mut checked = Settings::new();
+        for (name, value) in settings.into_iter().flatten() {
+            let mut chars = name.chars();
+            let usable = chars
+                .next()
+                .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !usable {
+                self.problems.push(FieldProblem::at_key(
+                    at.key(name),
+                    format!("{} is not a setting name; expected letters, digits and underscores, starting with a letter, like \"account_id\", so that templates can read it as `settings.account_id`", quote(name)),
+                ));
+                continue;
+            }
+            checked.insert(name.clone(), value.0.clone());
+        }
+        checked
     }
 
     fn output_map(
@@ -1026,6 +1247,215 @@ impl Cx {
             map.push((field.clone(), pointer.clone()));
         }
         map
+    }
+
+    /// Checks the `pagination` of the REST function at `function` (whose method is `method`
+    /// and whose query is `query`): the keys its `type` needs and allows, the pointers, the
+    /// query parameters and the bounds.
+    fn pagination(
+        &mut self,
+        function: &FieldPath,
+        p: &PaginationConfig,
+        method: HttpMethod,
+        query: Option<&BTreeMap<String, String>>,
+    ) -> Option<Pagination> {
+        let at = function.key("pagination");
+        let before = self.problems.len();
+        let kind = p.r#type.name();
+        if method != HttpMethod::Get {
+            self.push(
+                function.key("method"),
+                format!("a function with `pagination` must use `GET`, found `{}`: each page is a new request, and the upstream could take a repeated {} for a retry; expected `method: GET`, or no `pagination`", method.as_str(), method.as_str()),
+            );
+        }
+        let present: Vec<&str> = [
+            ("cursor", p.cursor.is_some()),
+            ("cursor_param", p.cursor_param.is_some()),
+            ("next_url", p.next_url.is_some()),
+            ("page_param", p.page_param.is_some()),
+            ("first_page", p.first_page.is_some()),
+            ("offset_param", p.offset_param.is_some()),
+            ("limit_param", p.limit_param.is_some()),
+            ("page_size", p.page_size.is_some()),
+            ("has_more", p.has_more.is_some()),
+            ("max_pages", p.max_pages.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, present)| present.then_some(k))
+        .collect();
+        let shared = ["limit_param", "page_size", "has_more", "max_pages"];
+        let (required, own): (&[&str], &[&str]) = match p.r#type {
+            PaginationKind::Cursor => (&["cursor", "cursor_param"], &[]),
+            PaginationKind::NextUrl => (&["next_url"], &[]),
+            PaginationKind::LinkHeader => (&[], &[]),
+            PaginationKind::Page => (&[], &["page_param", "first_page"]),
+            PaginationKind::Offset => (&[], &["offset_param"]),
+        };
+        let allowed: Vec<&str> = ["type", "items"]
+            .iter()
+            .chain(required)
+            .chain(own)
+            .chain(&shared)
+            .copied()
+            .collect();
+        for key in &present {
+            if !allowed.contains(key) {
+                self.problems.push(FieldProblem::at_key(
+                    at.key(key),
+                    format!(
+                        "`{key}` does not apply to pagination type `{kind}`; expected only {}",
+                        list(&allowed)
+                    ),
+                ));
+            }
+        }
+        for key in required {
+            if !present.contains(key) {
+                let example = match *key {
+                    "cursor" => {
+                        "a JSON Pointer to the next cursor in the body, like `cursor: /meta/next_cursor`"
+                    }
+                    "cursor_param" => {
+                        "the query parameter that sends the cursor back, like `cursor_param: cursor`"
+                    }
+                    _ => {
+                        "a JSON Pointer to the next page's URL in the body, like `next_url: /links/next`"
+                    }
+                };
+                self.problems.push(FieldProblem::missing(
+                    at.clone(),
+                    key,
+                    format!("missing required key `{key}` for pagination type `{kind}`; expected {example}"),
+                ));
+            }
+        }
+        let pointers = [
+            ("items", Some(&p.items), "/data", "the list"),
+            ("cursor", p.cursor.as_ref(), "/meta/next_cursor", "a cursor"),
+            ("next_url", p.next_url.as_ref(), "/links/next", "a URL"),
+            ("has_more", p.has_more.as_ref(), "/has_more", "a boolean"),
+        ];
+        for (key, pointer, example, role) in pointers {
+            let Some(pointer) = pointer else { continue };
+            // The whole body may be the list of items (a bare JSON array), never a cursor, a
+            // URL or a boolean.
+            let whole_allowed = key == "items";
+            if pointer.starts_with('/') || (whole_allowed && pointer.is_empty()) {
+                continue;
+            }
+            let message = if pointer.is_empty() {
+                format!(
+                    "\"\" points at the whole page, which is not {role}; expected a JSON Pointer into each page like \"{example}\""
+                )
+            } else if whole_allowed {
+                format!(
+                    "{} is not a JSON Pointer; expected a JSON Pointer into each page like \"{example}\", or \"\" when the body is the list",
+                    quote(pointer)
+                )
+            } else {
+                format!(
+                    "{} is not a JSON Pointer; expected a JSON Pointer into each page like \"{example}\"",
+                    quote(pointer)
+                )
+            };
+            self.push(at.key(key), message);
+        }
+        let page_param = p.page_param.clone().unwrap_or_else(|| "page".to_string());
+        let offset_param = p
+            .offset_param
+            .clone()
+            .unwrap_or_else(|| "offset".to_string());
+        // The parameter the pagination itself moves on each page, if any.
+        let moving = match p.r#type {
+            PaginationKind::Cursor => p.cursor_param.as_ref().map(|c| ("cursor_param", c.clone())),
+            PaginationKind::Page => Some(("page_param", page_param.clone())),
+            PaginationKind::Offset => Some(("offset_param", offset_param.clone())),
+            PaginationKind::NextUrl | PaginationKind::LinkHeader => None,
+        };
+        let params = [
+            ("cursor_param", p.cursor_param.as_ref()),
+            ("page_param", p.page_param.as_ref()),
+            ("offset_param", p.offset_param.as_ref()),
+            ("limit_param", p.limit_param.as_ref()),
+        ];
+        for (key, name) in params {
+            let Some(name) = name else { continue };
+            if name.trim().is_empty() {
+                self.push(at.key(key), "an empty query parameter name; expected a name like \"cursor\", \"page\" or \"limit\"");
+                continue;
+            }
+            if query.is_some_and(|q| q.contains_key(name)) {
+                self.push(
+                    at.key(key),
+                    format!("the query parameter `{name}` is also in the function's `query`; the pagination sets it on each page, so expected it only here"),
+                );
+            }
+        }
+        if let (Some((key, name)), Some(limit)) = (&moving, &p.limit_param)
+            && name == limit
+        {
+            self.push(
+                at.key("limit_param"),
+                format!("`limit_param` and `{key}` are both `{limit}`; expected two different query parameters"),
+            );
+        }
+        match (&p.limit_param, p.page_size) {
+            (Some(_), None) => self.push(
+                at.clone(),
+                "`limit_param` needs `page_size`; expected the number of items to ask for a page, like `page_size: 100`",
+            ),
+            (None, Some(_)) if !matches!(p.r#type, PaginationKind::Page | PaginationKind::Offset) => {
+                self.push(
+                    at.key("page_size"),
+                    format!("`page_size` needs `limit_param` with pagination type `{kind}` (only `page` and `offset` read a short page as the last); expected the query parameter that asks for it, like `limit_param: limit`"),
+                );
+            }
+            _ => {}
+        }
+        if p.page_size == Some(0) {
+            self.push(
+                at.key("page_size"),
+                "0 items a page would never read a list; expected 1 or more, like 100",
+            );
+        }
+        let max_pages = p.max_pages.unwrap_or(Pagination::DEFAULT_MAX_PAGES);
+        if !(1..=Pagination::MAX_PAGES).contains(&max_pages) {
+            self.push(
+                at.key("max_pages"),
+                format!(
+                    "{max_pages} is not a number of pages to read; expected 1 to {}, like 100",
+                    Pagination::MAX_PAGES
+                ),
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        let next = match p.r#type {
+            PaginationKind::Cursor => PageLink::Cursor {
+                pointer: p.cursor.clone()?,
+                param: p.cursor_param.clone()?,
+            },
+            PaginationKind::NextUrl => PageLink::NextUrl {
+                pointer: p.next_url.clone()?,
+            },
+            PaginationKind::LinkHeader => PageLink::LinkHeader,
+            PaginationKind::Page => PageLink::Page {
+                param: page_param,
+                first: p.first_page.unwrap_or(1),
+            },
+            PaginationKind::Offset => PageLink::Offset {
+                param: offset_param,
+            },
+        };
+        Some(Pagination {
+            items: p.items.clone(),
+            next,
+            limit_param: p.limit_param.clone(),
+            page_size: p.page_size,
+            has_more: p.has_more.clone(),
+            max_pages,
+        })
     }
 }
 
@@ -1077,6 +1507,77 @@ fn declared(schema: &serde_json::Value, fields: &[&str]) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// The message for a template variable that is none of the roots nor a function.
+/// `has_settings`: whether the connection type has settings.
+fn unknown_variable(root: &str, has_settings: bool) -> String {
+    let mut known: Vec<&str> = helpers::ROOTS.to_vec();
+    if !has_settings {
+        known.retain(|r| *r != "settings");
+    }
+    let hint = match super::problem::did_you_mean(root, known.iter().copied().chain(["now"])) {
+        Some("now") => "did you mean `now()`?".to_string(),
+        Some(best) => format!("did you mean `{best}`?"),
+        None => {
+            let fields: Vec<String> = known
+                .iter()
+                .map(|r| match *r {
+                    "settings" => "`settings.<name>`".to_string(),
+                    r => format!("`{r}.<field>`"),
+                })
+                .collect();
+            format!("expected {} or a helper like `now()`", fields.join(", "))
+        }
+    };
+    format!("template uses unknown variable `{root}`; {hint}")
+}
+
+/// Whether `settings.NAME` is defined: a setting by that name, read as it is (a setting is a
+/// plain value, which has no fields).
+fn setting_declared(settings: &Settings, fields: &[&str]) -> Result<(), String> {
+    let Some((name, rest)) = fields.split_first() else {
+        return Ok(());
+    };
+    if !settings.contains_key(*name) {
+        let names: Vec<&str> = settings.keys().map(String::as_str).collect();
+        let hint = match super::problem::did_you_mean(name, names.iter().copied()) {
+            Some(best) => format!("did you mean `settings.{best}`?"),
+            None if names.is_empty() => {
+                format!(
+                    "expected `{name}` under the connection's `settings`, like `settings: {{ {name}: ... }}`"
+                )
+            }
+            None => format!(
+                "expected one of {} or a new entry in `settings`",
+                list(&names)
+            ),
+        };
+        return Err(format!(
+            "template uses `settings.{name}`, which the connection does not define under `settings`; {hint}"
+        ));
+    }
+    if let Some(field) = rest.first() {
+        return Err(format!(
+            "template uses `settings.{name}.{field}`, but `settings.{name}` is a plain value, which has no fields; expected `settings.{name}` alone"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether `root.FIELD` is one of `known` (the fields of `connection` or `callout`).
+fn field_of(root: &str, known: &[&str], fields: &[&str]) -> Result<(), String> {
+    match fields.first() {
+        Some(field) if !known.contains(field) => {
+            let full: Vec<String> = known.iter().map(|k| format!("{root}.{k}")).collect();
+            let full: Vec<&str> = full.iter().map(String::as_str).collect();
+            Err(format!(
+                "template uses `{root}.{field}`, which is not a field of `{root}`; {}",
+                suggestion(&format!("{root}.{field}"), &full)
+            ))
+        }
+        _ => Ok(()),
+    }
 }
 
 fn collect_strings<'a>(

@@ -291,6 +291,71 @@ impl JsonSchema for SecretRef {
     }
 }
 
+/// The value of a connection setting (`settings: { account_id: A-17 }`): text, a number or
+/// a boolean, which templates read as `settings.NAME`. Never a secret: templates print what
+/// they read, so a secret reference is refused here and belongs under `auth`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SettingValue(pub serde_json::Value);
+
+const SETTING_EXPECTED: &str = "a plain value: text, a number or true/false";
+
+impl<'de> Deserialize<'de> for SettingValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Plain;
+        impl<'de> de::Visitor<'de> for Plain {
+            type Value = SettingValue;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(SETTING_EXPECTED)
+            }
+
+            fn visit_bool<E: de::Error>(self, b: bool) -> Result<SettingValue, E> {
+                Ok(SettingValue(b.into()))
+            }
+
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<SettingValue, E> {
+                Ok(SettingValue(n.into()))
+            }
+
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<SettingValue, E> {
+                Ok(SettingValue(n.into()))
+            }
+
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<SettingValue, E> {
+                serde_json::Number::from_f64(n)
+                    .map(|n| SettingValue(serde_json::Value::Number(n)))
+                    .ok_or_else(|| E::custom(format!("{n} is not a number a template can use; expected a finite number, like 1.5")))
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<SettingValue, E> {
+                if text.contains("${env:") || text.contains("${file:") {
+                    // The text is not echoed: the reference may hide a secret typed in by mistake.
+                    return Err(E::custom(
+                        "a secret reference is not allowed in `settings`: templates can print settings; expected a plain value, and secrets under `auth`, like `auth: { type: bearer, token: \"${env:TOKEN}\" }`",
+                    ));
+                }
+                Ok(SettingValue(text.into()))
+            }
+        }
+        d.deserialize_any(Plain)
+    }
+}
+
+impl JsonSchema for SettingValue {
+    fn schema_name() -> Cow<'static, str> {
+        "SettingValue".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["string", "number", "boolean"],
+            "not": { "type": "string", "pattern": "\\$\\{(env|file):" },
+            "description": "A plain, non-secret value templates read as `settings.NAME`: text, a number or true/false. Secrets belong under `auth`.",
+            "examples": ["A-17", "2024-01", 3]
+        })
+    }
+}
+
 /// A secret value. `Debug` and `Display` print `***`; only [`Secret::expose`] gives the value.
 #[derive(Clone)]
 pub struct Secret(SecretString);

@@ -46,6 +46,9 @@ macro_rules! store_contract {
             list_filters_by_status_and_function,
             counts_include_every_status,
             ready_answers_on_an_empty_and_a_full_store,
+            failover_journals_every_connection_tried_in_order,
+            tries_out_of_route_order_are_refused,
+            engine_state_is_kept_and_replaced,
         );
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
@@ -118,6 +121,8 @@ fn claimed_ids(claims: &[Claimed]) -> Vec<&str> {
 fn record(attempt: u32, started_at: Millis, http_status: u16, error: Option<&str>) -> Attempt {
     Attempt {
         attempt,
+        route: 0,
+        connection: "acme".to_owned(),
         series: 0,
         started_at,
         duration_ms: 42,
@@ -148,6 +153,7 @@ pub(crate) fn finish(claim: &Claimed, now: Millis, next: Next) -> Finish {
             http_status,
             error,
         ),
+        earlier: Vec::new(),
         result: result(status),
         next,
         now,
@@ -470,6 +476,8 @@ pub(crate) async fn reclaim_takes_expired_leases_and_journals_the_lost_attempt(s
         store.attempts("c1").await.unwrap(),
         vec![Attempt {
             attempt: 1,
+            route: 0,
+            connection: "acme".to_owned(),
             series: 0,
             started_at: T0,
             duration_ms: 0,
@@ -830,4 +838,76 @@ pub(crate) async fn ready_answers_on_an_empty_and_a_full_store(store: &dyn Store
         .collect();
     store.enqueue(batch).await.unwrap();
     store.ready().await.unwrap();
+}
+
+pub(crate) async fn failover_journals_every_connection_tried_in_order(store: &dyn Store) {
+    store
+        .enqueue(vec![callout("c1", "acme", T0)])
+        .await
+        .unwrap();
+    let claim = claim_one(store, T0).await;
+    let mut item = finish(&claim, T0 + 10, Next::Succeeded);
+    item.record.route = 2;
+    item.record.connection = "backup_two".to_owned();
+    let mut first = record(1, T0, 503, Some("primary is down"));
+    first.error_kind = Some("unavailable".to_owned());
+    let mut second = record(1, T0 + 3, 0, Some("connection refused"));
+    second.route = 1;
+    second.connection = "backup_one".to_owned();
+    second.http_status = None;
+    second.error_kind = Some("connect".to_owned());
+    item.earlier = vec![first.clone(), second.clone()];
+    let last = item.record.clone();
+    assert_eq!(finish_one(store, item).await, Finished::Recorded);
+    assert_eq!(
+        store.attempts("c1").await.unwrap(),
+        vec![first, second, last]
+    );
+    assert_eq!(get(store, "c1").await.status, Status::Succeeded);
+}
+
+pub(crate) async fn tries_out_of_route_order_are_refused(store: &dyn Store) {
+    store
+        .enqueue(vec![callout("c1", "acme", T0)])
+        .await
+        .unwrap();
+    let claim = claim_one(store, T0).await;
+    let mut item = finish(&claim, T0 + 10, Next::Succeeded);
+    item.earlier = vec![record(1, T0, 503, Some("down"))];
+    // The last try has route 0 too: two tries on the same place of the route.
+    assert!(store.finish(vec![item]).await.is_err());
+    assert_eq!(get(store, "c1").await.status, Status::Running);
+    assert_eq!(store.attempts("c1").await.unwrap(), vec![]);
+}
+
+pub(crate) async fn engine_state_is_kept_and_replaced(store: &dyn Store) {
+    assert_eq!(store.state("oauth2.refresh_token:crm").await.unwrap(), None);
+    store
+        .set_state("oauth2.refresh_token:crm", r#"{"token":"one"}"#, T0)
+        .await
+        .unwrap();
+    store
+        .set_state("oauth2.refresh_token:erp", r#"{"token":"other"}"#, T0)
+        .await
+        .unwrap();
+    store
+        .set_state("oauth2.refresh_token:crm", r#"{"token":"two"}"#, T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .state("oauth2.refresh_token:crm")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"token":"two"}"#)
+    );
+    assert_eq!(
+        store
+            .state("oauth2.refresh_token:erp")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"token":"other"}"#)
+    );
 }

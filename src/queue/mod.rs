@@ -129,10 +129,16 @@ pub struct Claimed {
     pub lease_expires_at: Millis,
 }
 
-/// One attempt as the journal keeps it.
+/// One try of an attempt as the journal keeps it. An attempt that failed over to a fallback
+/// connection has one per connection tried.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Attempt {
     pub attempt: u32,
+    /// Which connection of the function's route served this try: 0 its own, 1 its first
+    /// fallback, and so on.
+    pub route: u32,
+    /// The connection tried.
+    pub connection: String,
     /// Which series (0 for the original run, 1 after the first replay, ...).
     pub series: u32,
     pub started_at: Millis,
@@ -162,7 +168,10 @@ pub struct Finish {
     pub id: String,
     /// The attempt number of the claim (the fence).
     pub attempt: u32,
+    /// The try whose result the callout keeps (the last one of the attempt).
     pub record: Attempt,
+    /// Tries of the same attempt before `record`, on other connections (failover), in order.
+    pub earlier: Vec<Attempt>,
     /// The standard result to store on the callout.
     pub result: Value,
     pub next: Next,
@@ -271,6 +280,12 @@ pub trait Store: Send + Sync + 'static {
 
     /// How many callouts are in each status. Its cost grows with the table.
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError>;
+
+    /// A value the engine keeps between runs (JSON text), by key; `None` if never set.
+    async fn state(&self, key: &str) -> Result<Option<String>, StoreError>;
+
+    /// Sets a value the engine keeps between runs, durably: when it returns, it is on disk.
+    async fn set_state(&self, key: &str, value: &str, now: Millis) -> Result<(), StoreError>;
 
     /// Whether the store answers a read, at a cost that does not grow with the table (for
     /// readiness probes). The default reads [`Store::counts`]; stores should do better.

@@ -93,6 +93,8 @@ mod sql {
     pub const DELAY_CONNECTION: &str = include_str!("sqlite/sql/delay_connection.sql");
     pub const REPLAY: &str = include_str!("sqlite/sql/replay.sql");
     pub const CANCEL: &str = include_str!("sqlite/sql/cancel.sql");
+    pub const STATE: &str = include_str!("sqlite/sql/state.sql");
+    pub const SET_STATE: &str = include_str!("sqlite/sql/set_state.sql");
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -466,6 +468,36 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// # Errors
+    /// As [`Store::get`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    async fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        let row = sqlx::query(sql::STATE)
+            .bind(key)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(|err| store_error(format_args!("read engine state {key}"), err))?;
+        row.map(|row| {
+            row.try_get::<String, _>("value")
+                .map_err(|err| store_error(format_args!("read engine state {key}"), err))
+        })
+        .transpose()
+    }
+
+    /// # Errors
+    /// As [`Store::claim`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not leave the write done: once the writer has taken it,
+    /// it commits with nobody to answer.
+    async fn set_state(&self, key: &str, value: &str, now: Millis) -> Result<(), StoreError> {
+        let request = (key.to_owned(), value.to_owned(), now);
+        self.write(|reply| Op::SetState(Job::new(request, reply)))
+            .await
+    }
+
     /// One indexed read of at most one row.
     ///
     /// # Errors
@@ -607,6 +639,8 @@ fn decode_attempt(id: &str, row: &impl Columns) -> Result<Attempt, StoreError> {
         .transpose()?;
     Ok(Attempt {
         attempt,
+        route: counter(row, &what, "route")?,
+        connection: text(row, &what, "connection")?,
         series: counter(row, &what, "series")?,
         started_at: integer(row, &what, "started_at")?,
         duration_ms: amount(row, &what, "duration_ms")?,

@@ -57,6 +57,8 @@ pub(super) enum ErrorBodies {
 pub(super) struct Answer {
     pub status: StatusCode,
     pub retry_after: Option<Duration>,
+    /// The answer's headers (a paginated function reads its `Link` header).
+    pub headers: HeaderMap,
     pub body: Vec<u8>,
 }
 
@@ -187,6 +189,7 @@ impl Upstream {
                 .and_then(|v| retry_after(v, SystemTime::now())),
             _ => None,
         };
+        let headers = response.headers().clone();
         let excerpt_only = error_bodies == ErrorBodies::Excerpt
             && ErrorKind::from_status(status.as_u16()).is_some();
         if !excerpt_only
@@ -220,6 +223,7 @@ impl Upstream {
         Ok(Answer {
             status,
             retry_after,
+            headers,
             body,
         })
     }
@@ -353,6 +357,8 @@ pub(super) enum Credentials {
     Header(HeaderName, HeaderValue),
     /// An api key in the query.
     Query(String, Secret),
+    /// An OAuth2 access token, fetched and refreshed as needed.
+    OAuth2(std::sync::Arc<super::oauth::TokenSource>),
 }
 
 /// Resolves the connection's auth. Every secret value read is added to `secrets`, for the
@@ -411,11 +417,8 @@ pub(super) fn credentials(
                 ApiKeyLocation::Query => Credentials::Query(name.clone(), value),
             }
         }
-        Auth::OAuth2ClientCredentials { .. } => {
-            return Err("auth type `oauth2_client_credentials` is not supported yet; its callouts fail until a later version adds it".to_string());
-        }
-        Auth::OAuth2RefreshToken { .. } => {
-            return Err("auth type `oauth2_refresh_token` is not supported yet; its callouts fail until a later version adds it".to_string());
+        Auth::OAuth2ClientCredentials { .. } | Auth::OAuth2RefreshToken { .. } => {
+            return Err("OAuth2 auth is supported on rest connections only".to_string());
         }
         Auth::Aws { .. } => {
             return Err("auth type `aws` applies to s3 connections only".to_string());
@@ -427,6 +430,9 @@ pub(super) fn credentials(
 /// body, an error's cause, a SOAP fault).
 pub(super) struct Redactor {
     secrets: Vec<Secret>,
+    /// Secrets that become known while the wrapper runs (OAuth2 access and refresh tokens),
+    /// shared with what fetches them.
+    later: Option<std::sync::Arc<std::sync::Mutex<Vec<Secret>>>>,
     /// Whether the XML-escaped form of each secret is replaced too (an XML answer may quote
     /// a secret escaped).
     xml_escaped: bool,
@@ -438,7 +444,16 @@ impl Redactor {
     pub fn new(secrets: Vec<Secret>) -> Redactor {
         Redactor {
             secrets,
+            later: None,
             xml_escaped: false,
+        }
+    }
+
+    /// This redactor, also hiding every secret `later` holds when it redacts.
+    pub fn with_later(self, later: std::sync::Arc<std::sync::Mutex<Vec<Secret>>>) -> Redactor {
+        Redactor {
+            later: Some(later),
+            ..self
         }
     }
 
@@ -446,6 +461,7 @@ impl Redactor {
     pub fn with_xml_escapes(secrets: Vec<Secret>) -> Redactor {
         Redactor {
             secrets,
+            later: None,
             xml_escaped: true,
         }
     }
@@ -453,7 +469,11 @@ impl Redactor {
     /// Replaces each secret, as it is and in its encoded forms.
     pub fn redact(&self, text: &str) -> String {
         let mut out = text.to_string();
-        for secret in &self.secrets {
+        let later = match &self.later {
+            Some(later) => later.lock().map(|l| l.clone()).unwrap_or_default(),
+            None => Vec::new(),
+        };
+        for secret in self.secrets.iter().chain(&later) {
             let value = secret.expose();
             if value.is_empty() {
                 continue;
@@ -510,24 +530,8 @@ fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
 
 /// Standard base64 with padding (RFC 4648), for the basic auth header and WS-Security.
 pub(super) fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            chunk.get(1).copied().unwrap_or(0),
-            chunk.get(2).copied().unwrap_or(0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(char::from(ALPHABET[(n >> (18 - 6 * i)) as usize & 63]));
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@
 
 mod http;
 pub mod net;
+pub mod oauth;
+mod paginate;
 pub mod registry;
 pub mod rest;
 pub mod soap;

@@ -31,6 +31,12 @@ use crate::metadata::model::Auth;
 /// Most redirects followed for one request.
 pub const MAX_REDIRECTS: usize = 5;
 
+/// How much later than the attempt's deadline the client's own timeout fires. The deadline
+/// (`wrapper::http::Upstream::send`) ends an attempt and says how far it got; the client's
+/// timeout only backs it up, and firing at the same instant it would win the race with a
+/// vaguer message.
+const BACKSTOP_MARGIN: std::time::Duration = std::time::Duration::from_millis(500);
+
 /// The `User-Agent` of every request.
 pub const USER_AGENT: &str = concat!("switchboard/", env!("CARGO_PKG_VERSION"));
 
@@ -272,7 +278,7 @@ pub fn http_client(connection: &Connection) -> Result<reqwest::Client, String> {
     );
     reqwest::Client::builder()
         .connect_timeout(connection.limits.connect_timeout)
-        .timeout(connection.limits.timeout)
+        .timeout(connection.limits.timeout + BACKSTOP_MARGIN)
         .user_agent(USER_AGENT)
         .dns_resolver(Arc::new(GuardedResolver { allow_private }))
         .redirect(redirect_policy(allow_private, same_origin))

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use switchboard_sdk::{BuildContext, Call, CallError, ErrorKind, Outcome, Wrapper};
 
 use super::net;
+use super::oauth::TokenSources;
 use super::rest::RestWrapper;
 use super::soap::SoapWrapper;
 use crate::metadata::model::{Connection, Protocol, Request};
@@ -24,16 +25,16 @@ use crate::metadata::{Loader, Metadata};
 
 /// Builds the wrapper of one connection, reading secrets with the given function. An error
 /// names the connection.
-type Build = fn(&Connection, &dyn Fn(&SecretRef) -> Result<Secret, String>) -> Built;
+type Build = fn(&Connection, &dyn Fn(&SecretRef) -> Result<Secret, String>, &TokenSources) -> Built;
 
 type Built = Result<Arc<dyn Wrapper>, String>;
 
 /// The built-in connection types, one line each.
 #[rustfmt::skip]
 pub const BUILT_IN: &[(&str, Build)] = &[
-    ("rest", |c, secret| Ok(Arc::new(RestWrapper::build(c, secret)?))),
-    ("soap", |c, secret| Ok(Arc::new(SoapWrapper::build(c, secret)?))),
-    ("s3", |c, _| Err(not_yet(c, "s3 connections cannot run callouts yet"))),
+    ("rest", |c, secret, tokens| Ok(Arc::new(RestWrapper::build_with(c, secret, tokens)?))),
+    ("soap", |c, secret, _| Ok(Arc::new(SoapWrapper::build(c, secret)?))),
+    ("s3", |c, _, _| Err(not_yet(c, "s3 connections cannot run callouts yet"))),
 ];
 
 /// The wrappers of one metadata version.
@@ -45,18 +46,19 @@ pub struct Wrappers {
 }
 
 /// Builds a wrapper for every connection. `env` reads environment variables for secret
-/// references; `loader` knows the plugins' types.
+/// references; `loader` knows the plugins' types; `tokens` keeps OAuth2 tokens across builds.
 pub fn build_all(
     metadata: &Metadata,
     loader: &Loader,
     env: &dyn Fn(&str) -> Option<String>,
+    tokens: &TokenSources,
 ) -> Wrappers {
     let mut wrappers = Wrappers {
         by_connection: HashMap::with_capacity(metadata.connections.len()),
         warnings: Vec::new(),
     };
     for (name, connection) in &metadata.connections {
-        let wrapper = match build(connection, loader, env) {
+        let wrapper = match build(connection, loader, env, tokens) {
             Ok(wrapper) => wrapper,
             Err(reason) => {
                 wrappers.warnings.push(reason.clone());
@@ -68,7 +70,12 @@ pub fn build_all(
     wrappers
 }
 
-fn build(connection: &Connection, loader: &Loader, env: &dyn Fn(&str) -> Option<String>) -> Built {
+fn build(
+    connection: &Connection,
+    loader: &Loader,
+    env: &dyn Fn(&str) -> Option<String>,
+    tokens: &TokenSources,
+) -> Built {
     let name = &connection.name;
     let base = connection.source.file.parent().unwrap_or(Path::new("."));
     let secret = |r: &SecretRef| r.resolve(env, base);
@@ -76,7 +83,7 @@ fn build(connection: &Connection, loader: &Loader, env: &dyn Fn(&str) -> Option<
         .iter()
         .find(|(kind, _)| *kind == connection.type_name)
     {
-        return build(connection, &secret);
+        return build(connection, &secret, tokens);
     }
     let Some(kind) = loader.plugin(&connection.type_name) else {
         return Err(format!(

@@ -13,7 +13,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use reqwest::Method;
-use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use switchboard_sdk::{Call, CallError, ErrorKind, Outcome, Wrapper};
 use url::Url;
@@ -22,8 +22,10 @@ use super::http::{
     Answer, Credentials, ErrorBodies, Redactor, Upstream, connection_headers, credentials,
     header_name,
 };
+use super::oauth::TokenSources;
+use super::paginate::Pager;
 use super::template::{RequestTemplate, Templates, Text, Vars};
-use crate::metadata::model::{Connection, JsonSchema, Protocol, Request};
+use crate::metadata::model::{Connection, JsonSchema, Pagination, Protocol, Request, Settings};
 use crate::metadata::values::{Secret, SecretRef};
 
 pub use super::http::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
@@ -36,6 +38,8 @@ pub struct RestWrapper {
     /// The connection's headers, sent with every request.
     headers: HeaderMap,
     idempotency_header: HeaderName,
+    /// The connection's settings, which templates read as `settings.NAME`.
+    settings: Settings,
     auth: Credentials,
 }
 
@@ -46,6 +50,8 @@ struct RestFunction {
     fixed_url: Option<Result<Url, String>>,
     output: Vec<(String, String)>,
     output_schema: Option<JsonSchema>,
+    /// How the answer's list is paged (see [`super::paginate`]).
+    pagination: Option<Pagination>,
 }
 
 impl fmt::Debug for RestWrapper {
@@ -56,6 +62,7 @@ impl fmt::Debug for RestWrapper {
             Credentials::None => "none".to_string(),
             Credentials::Header(name, _) => format!("header {name}: ***"),
             Credentials::Query(name, _) => format!("query {name}=***"),
+            Credentials::OAuth2(_) => "oauth2 bearer ***".to_string(),
         };
         f.debug_struct("RestWrapper")
             .field("connection", &self.upstream.connection)
@@ -78,9 +85,26 @@ impl RestWrapper {
         connection: &Connection,
         secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
     ) -> Result<RestWrapper, String> {
+        RestWrapper::build_with(connection, secret, &TokenSources::default())
+    }
+
+    /// [`RestWrapper::build`], taking an OAuth2 connection's token source from `tokens` (so
+    /// that its token outlives a metadata reload).
+    ///
+    /// # Errors
+    /// As [`RestWrapper::build`].
+    pub fn build_with(
+        connection: &Connection,
+        secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
+        tokens: &TokenSources,
+    ) -> Result<RestWrapper, String> {
         let name = &connection.name;
         let fail = |message: String| format!("connection `{name}`: {message}");
-        let Protocol::Rest { idempotency_header } = &connection.protocol else {
+        let Protocol::Rest {
+            idempotency_header,
+            settings,
+        } = &connection.protocol
+        else {
             return Err(fail("is not a rest connection".to_string()));
         };
         let endpoint = connection
@@ -90,7 +114,14 @@ impl RestWrapper {
         let idempotency_header = header_name(idempotency_header).map_err(&fail)?;
         let headers = connection_headers(connection).map_err(&fail)?;
         let mut secrets = Vec::new();
-        let auth = credentials(&connection.auth, secret, &mut secrets).map_err(&fail)?;
+        let auth = match tokens.source(connection, secret) {
+            Some(source) => Credentials::OAuth2(source.map_err(&fail)?),
+            None => credentials(&connection.auth, secret, &mut secrets).map_err(&fail)?,
+        };
+        let mut redactor = Redactor::new(secrets);
+        if let Credentials::OAuth2(source) = &auth {
+            redactor = redactor.with_later(source.secrets());
+        }
         let mut templates = Templates::new();
         let mut functions = HashMap::new();
         for (fname, f) in &connection.functions {
@@ -100,6 +131,7 @@ impl RestWrapper {
                 query,
                 headers,
                 body,
+                pagination,
             } = &f.request
             else {
                 return Err(fail(format!("function `{fname}` is not a rest request")));
@@ -124,15 +156,17 @@ impl RestWrapper {
                     fixed_url,
                     output: f.output.clone(),
                     output_schema: f.output_schema.clone(),
+                    pagination: pagination.clone(),
                 },
             );
         }
         Ok(RestWrapper {
-            upstream: Upstream::new(connection, endpoint, Redactor::new(secrets))?,
+            upstream: Upstream::new(connection, endpoint, redactor)?,
             templates,
             functions,
             headers,
             idempotency_header,
+            settings: settings.clone(),
             auth,
         })
     }
@@ -142,6 +176,7 @@ impl RestWrapper {
         let invalid = |message: String| self.upstream.invalid_request(call.function, message);
         let vars = Vars {
             input: call.input,
+            settings: &self.settings,
             connection: &self.upstream.connection,
             endpoint: self.upstream.endpoint.as_str(),
             callout_id: call.callout_id,
@@ -201,14 +236,63 @@ impl RestWrapper {
     ///
     /// # Errors
     /// The failed attempt's outcome (see `Upstream::send`).
+    ///
+    /// With OAuth2, the request carries the connection's access token; an answer that says the
+    /// token was refused (a 401, or the connection's `expired_when` rule) gets one new token
+    /// and one more try, and a second refusal fails with [`ErrorKind::Auth`].
     async fn send(
         &self,
-        request: reqwest::Request,
+        mut request: reqwest::Request,
         call: &Call<'_>,
     ) -> Result<(Answer, u64), Outcome> {
-        self.upstream
-            .send(request, call.deadline, ErrorBodies::Excerpt)
+        let Credentials::OAuth2(source) = &self.auth else {
+            return self
+                .upstream
+                .send(request, call.deadline, ErrorBodies::Excerpt)
+                .await;
+        };
+        let token_failed = |error: CallError| Outcome::failure(error, None, 0);
+        let again = request.try_clone();
+        let token = source
+            .token(call.deadline, None)
             .await
+            .map_err(token_failed)?;
+        request
+            .headers_mut()
+            .insert(AUTHORIZATION, token.header.clone());
+        let (answer, bytes) = self
+            .upstream
+            .send(request, call.deadline, ErrorBodies::Excerpt)
+            .await?;
+        let (true, Some(mut again)) = (source.refused(answer.status.as_u16(), &answer.body), again)
+        else {
+            return Ok((answer, bytes));
+        };
+        let token = source
+            .token(call.deadline, Some(token.generation))
+            .await
+            .map_err(token_failed)?;
+        again
+            .headers_mut()
+            .insert(AUTHORIZATION, token.header.clone());
+        let (answer, more) = self
+            .upstream
+            .send(again, call.deadline, ErrorBodies::Excerpt)
+            .await?;
+        let bytes = bytes + more;
+        if source.refused(answer.status.as_u16(), &answer.body) {
+            let refused = self.upstream.status_error(&answer);
+            let mut error = CallError::new(
+                ErrorKind::Auth,
+                format!(
+                    "`{}` refused a freshly fetched access token; {}",
+                    self.upstream.connection, refused.message
+                ),
+            );
+            error.retry_after = None;
+            return Err(Outcome::failure(error, Some(answer.status.as_u16()), bytes));
+        }
+        Ok((answer, bytes))
     }
 
     /// The outcome of an answer: an error for an error status, else the mapped, checked data.
@@ -223,21 +307,7 @@ impl RestWrapper {
             serde_json::from_slice(&answer.body)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer.body).into()))
         };
-        let data = if f.output.is_empty() {
-            body
-        } else {
-            Value::Object(
-                f.output
-                    .iter()
-                    .map(|(field, pointer)| {
-                        (
-                            field.clone(),
-                            body.pointer(pointer).cloned().unwrap_or(Value::Null),
-                        )
-                    })
-                    .collect(),
-            )
-        };
+        let data = map_output(&f.output, body);
         if let Some(schema) = &f.output_schema
             && let Some(error) = self.upstream.schema_mismatch(call.function, schema, &data)
         {
@@ -257,9 +327,74 @@ impl Wrapper for RestWrapper {
             Ok(request) => request,
             Err(error) => return Outcome::failure(error, None, 0),
         };
+        if let Some(pagination) = &f.pagination {
+            return self.paginated(f, pagination, &call, request).await;
+        }
         match self.send(request, &call).await {
             Ok((answer, bytes)) => self.outcome(f, &call, answer, bytes),
             Err(outcome) => outcome,
         }
     }
+}
+
+impl RestWrapper {
+    /// One attempt of a paginated function: every page sent by [`RestWrapper::send`], the
+    /// items of all of them mapped one by one, as `{ items, pages, truncated }`.
+    async fn paginated(
+        &self,
+        f: &RestFunction,
+        pagination: &Pagination,
+        call: &Call<'_>,
+        first: reqwest::Request,
+    ) -> Outcome {
+        let pager = Pager {
+            upstream: &self.upstream,
+            function: call.function,
+            pagination,
+            api_key: match &self.auth {
+                Credentials::Query(name, value) => Some((name.as_str(), value.expose())),
+                _ => None,
+            },
+        };
+        let collected = match pager.collect(first, call, |r| self.send(r, call)).await {
+            Ok(collected) => collected,
+            Err(outcome) => return outcome,
+        };
+        let items = collected
+            .items
+            .into_iter()
+            .map(|item| map_output(&f.output, item))
+            .collect();
+        let data = serde_json::json!({
+            "items": Value::Array(items),
+            "pages": collected.pages,
+            "truncated": collected.truncated,
+        });
+        let (status, bytes) = (Some(collected.status), collected.bytes);
+        if let Some(schema) = &f.output_schema
+            && let Some(error) = self.upstream.schema_mismatch(call.function, schema, &data)
+        {
+            return Outcome::failure(error, status, bytes);
+        }
+        Outcome::success(data, status, bytes)
+    }
+}
+
+/// The result of `body` by a function's output mapping (field → JSON Pointer); the whole body
+/// without one.
+fn map_output(output: &[(String, String)], body: Value) -> Value {
+    if output.is_empty() {
+        return body;
+    }
+    Value::Object(
+        output
+            .iter()
+            .map(|(field, pointer)| {
+                (
+                    field.clone(),
+                    body.pointer(pointer).cloned().unwrap_or(Value::Null),
+                )
+            })
+            .collect(),
+    )
 }

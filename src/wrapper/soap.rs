@@ -30,7 +30,7 @@ use std::fmt;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use minijinja::{AutoEscape, Environment, UndefinedBehavior};
+use minijinja::Environment;
 use reqwest::Method;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
@@ -42,7 +42,8 @@ use super::http::{
 };
 use super::xml::{self, Element};
 use crate::metadata::config::{SoapVersion, WsPasswordType};
-use crate::metadata::model::{Connection, JsonSchema, Protocol, Request, WsSecurity};
+use crate::metadata::helpers;
+use crate::metadata::model::{Connection, JsonSchema, Protocol, Request, Settings, WsSecurity};
 use crate::metadata::values::{Secret, SecretRef};
 
 pub use super::http::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
@@ -75,6 +76,8 @@ pub struct SoapWrapper {
     /// An api key that travels in the query.
     query_key: Option<(String, Secret)>,
     ws_security: Option<UsernameToken>,
+    /// The connection's settings, which body templates read as `settings.NAME`.
+    settings: Settings,
 }
 
 struct SoapFunction {
@@ -128,6 +131,7 @@ impl SoapWrapper {
         let Protocol::Soap {
             version,
             ws_security,
+            settings,
         } = &connection.protocol
         else {
             return Err(fail("is not a soap connection".to_string()));
@@ -145,6 +149,11 @@ impl SoapWrapper {
                 None
             }
             Credentials::Query(name, value) => Some((name, value)),
+            Credentials::OAuth2(_) => {
+                return Err(fail(
+                    "OAuth2 auth is supported on rest connections only".to_string(),
+                ));
+            }
         };
         let ws_security = match ws_security {
             None => None,
@@ -208,6 +217,7 @@ impl SoapWrapper {
             headers,
             query_key,
             ws_security,
+            settings: settings.clone(),
         })
     }
 
@@ -217,6 +227,7 @@ impl SoapWrapper {
         let cx = template_value(
             &json!({
                 "input": call.input,
+                "settings": self.settings,
                 "connection": {
                     "name": self.upstream.connection,
                     "endpoint": self.upstream.endpoint.as_str(),
@@ -234,12 +245,14 @@ impl SoapWrapper {
             .get_template(&f.template)
             .and_then(|t| t.render(cx))
             .map_err(|err| {
-                let detail = match err.detail() {
-                    Some(detail) => format!("{}: {detail}", err.kind()),
-                    None => err.kind().to_string(),
-                };
-                format!("cannot render `{}`: {detail}", f.template)
+                format!(
+                    "cannot render `{}`: {}",
+                    f.template,
+                    helpers::describe(&err)
+                )
             })?;
+        helpers::check_size(&body)
+            .map_err(|why| format!("cannot render `{}`: {why}", f.template))?;
         let ns = match self.version {
             SoapVersion::V1_1 => SOAP11,
             SoapVersion::V1_2 => SOAP12,
@@ -371,12 +384,11 @@ impl Wrapper for SoapWrapper {
     }
 }
 
-/// The template environment of the body templates: strict, and every printed value
-/// XML-escaped (`safe` cannot turn that off: input is data, always).
+/// The template environment of the body templates: strict, with the helpers and budget of
+/// every template, and every printed value XML-escaped (`safe` cannot turn that off: input is
+/// data, always).
 fn environment() -> Environment<'static> {
-    let mut env = Environment::new();
-    env.set_undefined_behavior(UndefinedBehavior::Strict);
-    env.set_auto_escape_callback(|_| AutoEscape::None);
+    let mut env = helpers::environment();
     env.set_formatter(|out, _state, value| {
         // Booleans as XML Schema spells them (minijinja would print `True`), none as nothing.
         let text = if value.is_none() {

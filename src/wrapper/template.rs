@@ -16,11 +16,19 @@
 //! - in a JSON body, a string that is exactly one `{{ expression }}` becomes the expression's
 //!   value (a number stays a number, an object an object), and any other string is rendered
 //!   as text into a JSON string, so values are JSON-escaped by construction.
+//!
+//! Templates read `input`, `settings` (the connection's plain values), `connection` and
+//! `callout`, and call the helpers of [`crate::metadata::helpers`] (dates, base64, URL
+//! encoding). Every render runs on the budget `helpers::FUEL`, and a rendered text over
+//! `helpers::MAX_RENDERED_BYTES` is refused.
 
-use minijinja::{AutoEscape, Environment, UndefinedBehavior, Value};
+use minijinja::{Environment, Value};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde_json::Value as Json;
 use url::Url;
+
+use crate::metadata::helpers;
+use crate::metadata::model::Settings;
 
 /// What a path value may keep unencoded: the unreserved characters of RFC 3986.
 const SEGMENT: &AsciiSet = &NON_ALPHANUMERIC
@@ -108,6 +116,8 @@ pub struct Rendered {
 #[derive(Debug, Clone, Copy)]
 pub struct Vars<'a> {
     pub input: &'a Json,
+    /// The connection's settings, read as `settings.NAME`.
+    pub settings: &'a Settings,
     pub connection: &'a str,
     pub endpoint: &'a str,
     pub callout_id: &'a str,
@@ -117,9 +127,7 @@ pub struct Vars<'a> {
 
 impl Templates {
     pub fn new() -> Templates {
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.set_auto_escape_callback(|_| AutoEscape::None);
+        let mut env = helpers::environment();
         env.set_formatter(|out, state, value| {
             if !state.name().starts_with(PATH) {
                 return minijinja::escape_formatter(out, state, value);
@@ -283,10 +291,14 @@ impl Templates {
 
     fn render_template(&self, name: &str, cx: &Context<'_>) -> Result<String, String> {
         let cx = cx.get()?;
-        self.env
+        let text = self
+            .env
             .get_template(name)
             .and_then(|t| t.render(cx))
-            .map_err(|err| render_error(name, &err))
+            .map_err(|err| render_error(name, &err))?;
+        helpers::check_size(&text)
+            .map_err(|why| format!("cannot render `{}`: {why}", bare(name)))?;
+        Ok(text)
     }
 
     fn render_body(&self, body: &Body, cx: &Context<'_>) -> Result<Json, String> {
@@ -393,10 +405,7 @@ fn bare(name: &str) -> &str {
 }
 
 fn describe(err: &minijinja::Error) -> String {
-    match err.detail() {
-        Some(detail) => format!("{}: {detail}", err.kind()),
-        None => err.kind().to_string(),
-    }
+    helpers::describe(err)
 }
 
 fn render_error(name: &str, err: &minijinja::Error) -> String {
@@ -450,9 +459,15 @@ fn within_depth(json: &Json, depth: usize) -> bool {
     }
 }
 
-/// The template context: `input`, `connection` and `callout`.
+/// The template context: `input`, `settings`, `connection` and `callout`.
 fn context(vars: &Vars<'_>) -> Result<Value, String> {
     let input = from_json(vars.input, 0)?;
+    let settings = Value::from_pairs(
+        vars.settings
+            .iter()
+            .map(|(name, value)| Ok((name.clone(), from_json(value, 1)?)))
+            .collect::<Result<Vec<_>, String>>()?,
+    );
     let connection = Value::from_pairs([
         ("name", Value::from(vars.connection)),
         ("endpoint", Value::from(vars.endpoint)),
@@ -464,6 +479,7 @@ fn context(vars: &Vars<'_>) -> Result<Value, String> {
     ]);
     Ok(Value::from_pairs([
         ("input", input),
+        ("settings", settings),
         ("connection", connection),
         ("callout", callout),
     ]))
@@ -564,9 +580,26 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// The settings every test's connection has.
+    fn settings() -> &'static Settings {
+        static SETTINGS: std::sync::OnceLock<Settings> = std::sync::OnceLock::new();
+        SETTINGS.get_or_init(|| {
+            [
+                ("account_id", json!("A-17")),
+                ("api_version", json!("2024-01")),
+                ("page_size", json!(50)),
+                ("sandbox", json!(false)),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v))
+            .collect()
+        })
+    }
+
     fn vars(input: &Json) -> Vars<'_> {
         Vars {
             input,
+            settings: settings(),
             connection: "crm",
             endpoint: "https://api.example.com/v1",
             callout_id: "c-1",
@@ -884,6 +917,226 @@ mod tests {
         ] {
             assert_eq!(input_keys(expr), None, "{expr}");
         }
+    }
+
+    /// Renders `template` as one JSON body string (text or a single expression).
+    fn text(template: &str, input: Json) -> Result<Json, String> {
+        body(json!(template), input)
+    }
+
+    #[test]
+    fn settings_are_read_by_name_and_keep_their_type() {
+        let mut t = Templates::new();
+        let request = t
+            .request(
+                "f",
+                "/accounts/{{ settings.account_id }}/orders",
+                &[("version".into(), "{{ settings.api_version }}".into())],
+                &[("X-Account".into(), "acct-{{ settings.account_id }}".into())],
+                Some(&json!({
+                    "size": "{{ settings.page_size }}",
+                    "sandbox": "{{ settings.sandbox }}",
+                    "label": "{{ settings.account_id | lower }}/{{ input.n }}",
+                })),
+            )
+            .expect("compiles");
+        let input = json!({ "n": 3 });
+        assert_eq!(
+            t.render(&request, &vars(&input)),
+            Ok(Rendered {
+                path: "/accounts/A-17/orders".into(),
+                query: vec![("version".into(), "2024-01".into())],
+                headers: vec![("X-Account".into(), "acct-A-17".into())],
+                body: Some(json!({ "size": 50, "sandbox": false, "label": "a-17/3" })),
+            })
+        );
+    }
+
+    #[test]
+    fn an_undefined_setting_is_an_error() {
+        assert_eq!(
+            path("/{{ settings.acount_id }}", json!({})),
+            Err("cannot render `functions.f.path`: undefined value".into())
+        );
+        assert_eq!(
+            text("{{ settings.missing }}", json!({})),
+            Err("cannot render `functions.f.body`: undefined value".into())
+        );
+    }
+
+    #[test]
+    fn dates_are_formatted_with_strftime_formats() {
+        assert_eq!(
+            text(
+                "{{ input.at | datetimeformat(format='%Y-%m-%dT%H:%M:%SZ') }}",
+                json!({ "at": 1_700_000_000 })
+            ),
+            Ok(json!("2023-11-14T22:13:20Z"))
+        );
+        assert_eq!(
+            text(
+                "{{ input.at | datetimeformat(format='iso') }}",
+                json!({ "at": "2024-03-05T14:07:09+01:00" })
+            ),
+            Ok(json!("2024-03-05T14:07:09+01:00"))
+        );
+        assert_eq!(
+            text(
+                "{{ input.day | dateformat(format='%d.%m.%Y') }}",
+                json!({ "day": "2024-03-05" })
+            ),
+            Ok(json!("05.03.2024"))
+        );
+        assert_eq!(
+            text(
+                "{{ input.at | timeformat(format='%H:%M') }}",
+                json!({ "at": "2024-03-05T14:07:09Z" })
+            ),
+            Ok(json!("14:07"))
+        );
+        assert_eq!(
+            text("{{ input.day | datetimeformat }}", json!({ "day": "5 March" })),
+            Err("cannot render `functions.f.body`: invalid operation: not a valid date or timestamp".into())
+        );
+    }
+
+    #[test]
+    fn now_is_the_current_time() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let rendered =
+            text("{{ now() | datetimeformat(format='%s') }}", json!({})).expect("renders");
+        let after = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("after 1970")
+            .as_secs();
+        let seconds: u64 = rendered
+            .as_str()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| panic!("a number of seconds: {rendered}"));
+        assert!(
+            (before..=after).contains(&seconds),
+            "{seconds} not in {before}..={after}"
+        );
+        let year = text("{{ now() | dateformat(format='%Y') }}", json!({})).expect("renders");
+        assert_eq!(
+            year,
+            json!(time::OffsetDateTime::now_utc().year().to_string())
+        );
+    }
+
+    #[test]
+    fn base64_encodes_and_decodes_text() {
+        assert_eq!(
+            text(
+                "{{ input.user ~ ':' ~ input.key | b64encode }}",
+                json!({ "user": "crm", "key": "pa ss" })
+            ),
+            Ok(json!("crm:cGEgc3M="))
+        );
+        assert_eq!(
+            text(
+                "{{ (input.user ~ ':' ~ input.key) | b64encode }}",
+                json!({ "user": "crm", "key": "pa ss" })
+            ),
+            Ok(json!("Y3JtOnBhIHNz"))
+        );
+        assert_eq!(
+            text("{{ 'Zoë' | b64encode }}", json!({})),
+            Ok(json!("Wm/Dqw=="))
+        );
+        for encoded in ["Wm/Dqw==", "Wm/Dqw", " Wm/Dqw==\n"] {
+            assert_eq!(
+                text("{{ input.e | b64decode }}", json!({ "e": encoded })),
+                Ok(json!("Zoë")),
+                "{encoded:?}"
+            );
+        }
+        assert_eq!(
+            text("{{ input.e | b64decode }}", json!({ "e": "not base64!" })),
+            Err("cannot render `functions.f.body`: invalid operation: b64decode: the text is not base64 (Invalid symbol 32, offset 3.)".into())
+        );
+        assert_eq!(
+            text("{{ input.e | b64decode }}", json!({ "e": "/w==" })),
+            Err("cannot render `functions.f.body`: invalid operation: b64decode: the decoded bytes are not UTF-8 text".into())
+        );
+        assert_eq!(
+            text("{{ input.e | b64encode }}", json!({ "e": { "a": 1 } })),
+            Err("cannot render `functions.f.body`: invalid operation: b64encode expects text, not map".into())
+        );
+    }
+
+    #[test]
+    fn urlencode_encodes_text_and_mappings() {
+        assert_eq!(
+            text("{{ input.q | urlencode }}", json!({ "q": "a b&c=d/é?" })),
+            Ok(json!("a%20b%26c%3Dd/%C3%A9%3F"))
+        );
+        assert_eq!(
+            text(
+                "https://crm.example.com/back?{{ {'case': input.id, 'to': 'a b'} | urlencode }}",
+                json!({ "id": "C&1" })
+            ),
+            Ok(json!("https://crm.example.com/back?case=C%261&to=a%20b"))
+        );
+    }
+
+    #[test]
+    fn a_runaway_template_runs_out_of_fuel() {
+        let spent = Err(format!(
+            "cannot render `functions.f.body`: the template used up its budget of {} steps (a loop too long or a text too large)",
+            helpers::FUEL
+        ));
+        assert_eq!(
+            text(
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
+                json!({})
+            ),
+            spent
+        );
+        assert_eq!(text("{{ 'x' * 1000000000 }}", json!({})), spent);
+        assert_eq!(
+            text(
+                "{% for i in range(100000) %}{{ input.s }}{% endfor %}",
+                json!({ "s": "y".repeat(1000) })
+            ),
+            spent
+        );
+        // A short loop is well within the budget.
+        assert_eq!(
+            text(
+                "{% for i in range(1000) %}{{ i % 10 }}{% endfor %}",
+                json!({})
+            )
+            .map(|v| v.as_str().map(str::len)),
+            Ok(Some(1000))
+        );
+    }
+
+    #[test]
+    fn a_rendered_text_over_the_size_limit_is_refused() {
+        let big = "x".repeat(helpers::MAX_RENDERED_BYTES);
+        assert_eq!(
+            text("<{{ input.big }}>", json!({ "big": big })),
+            Err(format!(
+                "cannot render `functions.f.body`: the rendered text is {} bytes, more than the 8 MiB a template may produce",
+                helpers::MAX_RENDERED_BYTES + 2
+            ))
+        );
+    }
+
+    #[test]
+    fn templates_reach_no_file_and_no_environment() {
+        assert_eq!(
+            text("{% include '/etc/passwd' %}", json!({})),
+            Err("cannot render `functions.f.body`: template not found: tried to include non-existing template '/etc/passwd'".into())
+        );
+        assert_eq!(
+            text("{{ env('HOME') }}", json!({})),
+            Err("cannot render `functions.f.body`: unknown function: env is unknown".into())
+        );
     }
 
     #[test]

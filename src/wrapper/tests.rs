@@ -15,6 +15,7 @@ use switchboard_sdk::{BuildContext, Call, ConnectorType, ErrorKind, Issue, Outco
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
+use super::oauth::TokenSources;
 use super::{Wrappers, build_all};
 use crate::metadata::{Loader, Metadata};
 
@@ -182,7 +183,12 @@ fn load_with(docs: &[&str], port: u16, loader: &Loader) -> Metadata {
 }
 
 fn wrappers(docs: &[&str], port: u16) -> Wrappers {
-    build_all(&load(docs, port), &Loader::new(), &env)
+    build_all(
+        &load(docs, port),
+        &Loader::new(),
+        &env,
+        &TokenSources::default(),
+    )
 }
 
 fn wrapper(w: &Wrappers, connection: &str) -> Arc<dyn Wrapper> {
@@ -804,7 +810,7 @@ functions:
 "#,
         r#"
 connection: oauth
-type: rest
+type: soap
 endpoint: http://127.0.0.1:{port}/base
 auth:
   type: oauth2_client_credentials
@@ -812,7 +818,7 @@ auth:
   client_id: crm
   client_secret: "${env:UP_TOKEN}"
 functions:
-  echo: { path: /echo }
+  echo: { body: "<Echo/>" }
 "#,
         r#"
 connection: ledger
@@ -838,7 +844,7 @@ functions:
         vec![
             "connection `files`: s3 connections cannot run callouts yet; they arrive in a later version",
             "connection `ledger`: secret reference `${env:UP_WS_MISSING}` cannot be resolved: environment variable UP_WS_MISSING is not set",
-            "connection `oauth`: auth type `oauth2_client_credentials` is not supported yet; its callouts fail until a later version adds it",
+            "connection `oauth`: OAuth2 auth is supported on rest connections only",
             "connection `unresolved`: secret reference `${env:UP_MISSING}` cannot be resolved: environment variable UP_MISSING is not set",
         ]
     );
@@ -949,7 +955,7 @@ functions:
 "#,
     ];
     let metadata = load_with(&docs, 0, &loader);
-    let w = build_all(&metadata, &loader, &env);
+    let w = build_all(&metadata, &loader, &env, &TokenSources::default());
     assert_eq!(
         w.warnings,
         vec!["connection `checked`: type `check_only` cannot run callouts"]

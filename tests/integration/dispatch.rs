@@ -125,6 +125,12 @@ impl Store for Watched {
     async fn counts(&self) -> Result<Vec<(Status, u64)>, StoreError> {
         self.inner.counts().await
     }
+    async fn state(&self, key: &str) -> Result<Option<String>, StoreError> {
+        self.inner.state(key).await
+    }
+    async fn set_state(&self, key: &str, value: &str, now: Millis) -> Result<(), StoreError> {
+        self.inner.set_state(key, value, now).await
+    }
 }
 
 /// A server with the cap `cap` on a watched store, its results held back from the start if

@@ -638,3 +638,47 @@ async fn ready_reads_one_row_and_fails_when_the_queue_cannot_be_read() {
 
     assert!(store.ready().await.is_err());
 }
+
+#[tokio::test]
+async fn a_journal_written_before_failover_is_kept_with_its_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut first = SqliteConnectOptions::new()
+        .filename(path(&dir))
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    // The schema of the first version, with one callout and its journal.
+    MIGRATOR.run_to(1, &mut first).await.unwrap();
+    sqlx::query(
+        "INSERT INTO callouts (id, function, connection, input, idempotency_key, request_hash,
+             status, attempts, series, series_attempts, series_started_at, created_at,
+             updated_at, next_attempt_at, claimed_at, lease_expires_at, result)
+         VALUES ('c1', 'acme.send', 'acme', '{}', NULL, '', 'failed', 2, 0, 2, 1, 1, 2,
+             NULL, NULL, NULL, NULL)",
+    )
+    .execute(&mut first)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO attempts (callout_id, attempt, series, started_at, duration_ms,
+             http_status, error_kind, error_message, response_bytes)
+         VALUES ('c1', 1, 0, 10, 5, 503, 'unavailable', 'down', 3),
+                ('c1', 2, 0, 20, 6, 400, 'rejected', 'no', 4)",
+    )
+    .execute(&mut first)
+    .await
+    .unwrap();
+    first.close().await.unwrap();
+
+    let store = SqliteStore::open(&url(&dir)).await.unwrap();
+    let journal = store.attempts("c1").await.unwrap();
+    assert_eq!(journal.len(), 2);
+    for (entry, (attempt, status)) in journal.iter().zip([(1, 503), (2, 400)]) {
+        assert_eq!(entry.attempt, attempt);
+        assert_eq!(entry.route, 0);
+        assert_eq!(entry.connection, "acme");
+        assert_eq!(entry.http_status, Some(status));
+    }
+    store.close().await.unwrap();
+}

@@ -82,6 +82,8 @@ pub(super) enum Op {
     Replay(Job<(String, Millis), Transition>),
     /// id, now
     Cancel(Job<(String, Millis), Transition>),
+    /// key, value, now
+    SetState(Job<(String, String, Millis), ()>),
 }
 
 #[derive(Debug)]
@@ -145,6 +147,11 @@ impl Op {
                 let result = transition(conn, "cancel", sql::CANCEL, id, *now);
                 job.keep(result)
             }
+            Op::SetState(job) => {
+                let (key, value, now) = &job.request;
+                let result = set_state(conn, key, value, *now);
+                job.keep(result)
+            }
         }
     }
 
@@ -160,6 +167,7 @@ impl Op {
             Op::DelayConnection(job) => job.answer(group_failure),
             Op::Replay(job) => job.answer(group_failure),
             Op::Cancel(job) => job.answer(group_failure),
+            Op::SetState(job) => job.answer(group_failure),
         }
     }
 }
@@ -651,27 +659,30 @@ fn finish(conn: &Connection, batch: &[Finish]) -> Result<Vec<Finished>, StoreErr
             done.push(Finished::Fenced);
             continue;
         };
-        let record = &item.record;
-        conn.prepare_cached(sql::JOURNAL)
-            .and_then(|mut journal| {
-                journal.execute(params![
-                    item.id,
-                    i64::from(item.attempt),
-                    series,
-                    record.started_at,
-                    saturate(record.duration_ms),
-                    record.http_status.map(i64::from),
-                    record.error_kind,
-                    record.error_message,
-                    saturate(record.response_bytes)
-                ])
-            })
-            .map_err(|err| {
-                store_error(
-                    format_args!("journal attempt {} of callout {}", item.attempt, item.id),
-                    err,
-                )
-            })?;
+        for record in item.earlier.iter().chain([&item.record]) {
+            conn.prepare_cached(sql::JOURNAL)
+                .and_then(|mut journal| {
+                    journal.execute(params![
+                        item.id,
+                        i64::from(item.attempt),
+                        series,
+                        record.started_at,
+                        saturate(record.duration_ms),
+                        record.http_status.map(i64::from),
+                        record.error_kind,
+                        record.error_message,
+                        saturate(record.response_bytes),
+                        i64::from(record.route),
+                        record.connection
+                    ])
+                })
+                .map_err(|err| {
+                    store_error(
+                        format_args!("journal attempt {} of callout {}", item.attempt, item.id),
+                        err,
+                    )
+                })?;
+        }
         done.push(Finished::Recorded);
     }
     Ok(done)
@@ -679,13 +690,31 @@ fn finish(conn: &Connection, batch: &[Finish]) -> Result<Vec<Finished>, StoreErr
 
 /// Validates a batch of results before any of it is written.
 fn check_finishes(batch: &[Finish]) -> Result<(), StoreError> {
-    match batch.iter().find(|f| f.record.attempt != f.attempt) {
-        Some(bad) => Err(StoreError::Failed(format!(
-            "finish callout {}: the journal record is for attempt {} but the claim is attempt {}",
-            bad.id, bad.record.attempt, bad.attempt
-        ))),
-        None => Ok(()),
+    for item in batch {
+        if let Some(bad) = item
+            .earlier
+            .iter()
+            .chain([&item.record])
+            .find(|r| r.attempt != item.attempt)
+        {
+            return Err(StoreError::Failed(format!(
+                "finish callout {}: the journal record is for attempt {} but the claim is attempt {}",
+                item.id, bad.attempt, item.attempt
+            )));
+        }
+        let mut routes = item.earlier.iter().chain([&item.record]).map(|r| r.route);
+        if let Some(first) = routes.next()
+            && routes
+                .try_fold(first, |before, r| (r > before).then_some(r))
+                .is_none()
+        {
+            return Err(StoreError::Failed(format!(
+                "finish callout {}: the tries of attempt {} are not in route order",
+                item.id, item.attempt
+            )));
+        }
     }
+    Ok(())
 }
 
 /// The status a result leaves its callout in, and when it runs next.
@@ -720,6 +749,8 @@ fn finish_merged(
     struct JournalRow<'a> {
         id: &'a str,
         attempt: u32,
+        route: u32,
+        connection: &'a str,
         series: i64,
         started_at: Millis,
         duration_ms: i64,
@@ -766,20 +797,24 @@ fn finish_merged(
         })
         .map_err(|err| store_error(format_args!("finish {total} callouts"), err))?;
     let journal: Vec<JournalRow> = items()
-        .filter_map(|item| {
-            let series = *series.get(&item.id)?;
-            let record = &item.record;
-            Some(JournalRow {
-                id: &item.id,
-                attempt: item.attempt,
-                series,
-                started_at: record.started_at,
-                duration_ms: saturate(record.duration_ms),
-                http_status: record.http_status,
-                error_kind: record.error_kind.as_deref(),
-                error_message: record.error_message.as_deref(),
-                response_bytes: saturate(record.response_bytes),
-            })
+        .filter_map(|item| Some((item, *series.get(&item.id)?)))
+        .flat_map(|(item, series)| {
+            item.earlier
+                .iter()
+                .chain([&item.record])
+                .map(move |record| JournalRow {
+                    id: &item.id,
+                    attempt: item.attempt,
+                    route: record.route,
+                    connection: &record.connection,
+                    series,
+                    started_at: record.started_at,
+                    duration_ms: saturate(record.duration_ms),
+                    http_status: record.http_status,
+                    error_kind: record.error_kind.as_deref(),
+                    error_message: record.error_message.as_deref(),
+                    response_bytes: saturate(record.response_bytes),
+                })
         })
         .collect();
     if !journal.is_empty() {
@@ -838,6 +873,13 @@ fn delay_connection(conn: &Connection, connection: &str, until: Millis) -> Resul
         .and_then(|mut delay| delay.execute(params![connection, until]))
         .map_err(|err| store_error(format_args!("delay connection {connection}"), err))?;
     Ok(changed as u64)
+}
+
+fn set_state(conn: &Connection, key: &str, value: &str, now: Millis) -> Result<(), StoreError> {
+    conn.prepare_cached(sql::SET_STATE)
+        .and_then(|mut set| set.execute(params![key, value, now]))
+        .map_err(|err| store_error(format_args!("keep engine state {key}"), err))?;
+    Ok(())
 }
 
 /// Runs a guarded status change (`statement` takes `?1` id and `?2` now, and returns the row

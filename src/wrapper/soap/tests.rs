@@ -126,3 +126,30 @@ fn body_templates_escape_every_printed_value() {
         .expect("converts");
     assert!(env.get_template("t").and_then(|t| t.render(bad)).is_err());
 }
+
+#[test]
+fn body_templates_read_settings_and_call_helpers_escaped() {
+    let mut env = environment();
+    env.add_template_owned(
+        "t",
+        "<Find company=\"{{ settings.company }}\"><Since>{{ input.since | dateformat(format='%Y%m%d') }}</Since><Note>{{ input.note | b64decode }}</Note></Find>"
+            .to_string(),
+    )
+    .expect("compiles");
+    let cx = template_value(
+        &serde_json::json!({
+            "input": { "since": "2024-03-05", "note": "PGI+JmM=" },
+            "settings": { "company": "R&D \"1000\"" },
+        }),
+        0,
+    )
+    .expect("converts");
+    let out = env
+        .get_template("t")
+        .and_then(|t| t.render(cx))
+        .expect("renders");
+    assert_eq!(
+        out,
+        "<Find company=\"R&amp;D &quot;1000&quot;\"><Since>20240305</Since><Note>&lt;b&gt;&amp;c</Note></Find>"
+    );
+}

@@ -88,6 +88,33 @@ impl TestServer {
     pub async fn stop(self) {
         self.server.stop().await;
     }
+
+    /// Stops the server and starts a new one on the same metadata folder and database, as
+    /// a restarted process would (a new port).
+    pub async fn restart(self) -> TestServer {
+        let TestServer {
+            server,
+            metadata,
+            _data: data,
+            ..
+        } = self;
+        server.stop().await;
+        let db = format!("sqlite://{}", data.path().join("sb.db").display());
+        let mut config = ServerConfig::new(metadata.path(), db);
+        config.listen = ([127, 0, 0, 1], 0).into();
+        config.auth = CallerAuth::Keys(Arc::new(vec![KEY.to_string()]));
+        config.shutdown_grace = Duration::from_secs(1);
+        let server = server::start(config, Loader::new())
+            .await
+            .expect("the server starts again");
+        let api = Api::new(format!("http://{}", server.addr), Some(KEY));
+        TestServer {
+            api,
+            server,
+            metadata,
+            _data: data,
+        }
+    }
 }
 
 /// A client of the HTTP API.

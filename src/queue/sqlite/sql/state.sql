@@ -1,0 +1,2 @@
+-- ?1 key
+SELECT value FROM engine_state WHERE key = ?1
