@@ -210,9 +210,10 @@ impl ConnState {
             .is_some_and(|c| active >= c as usize);
         let waiting = self.waiting.load(Ordering::SeqCst) > 0;
         let rate_queue = self.rate.is_some() && waiting;
-        // With fallbacks, an open breaker stops claims only once a callout waits for it.
-        let breaker = self.breaker_blocked(now) && (!fails_over || waiting);
-        self.is_paused(now) || at_concurrency || rate_queue || breaker
+        // With fallbacks, a pause or an open breaker stops claims only once a callout waits
+        // for the connection: the others go to a fallback.
+        let held = (self.is_paused(now) || self.breaker_blocked(now)) && (!fails_over || waiting);
+        at_concurrency || rate_queue || held
     }
 
     /// Counts the outcome of a call this connection made: call it right after the call's
@@ -340,6 +341,11 @@ impl ConnState {
                 return;
             }
         }
+    }
+
+    /// Whether the connection asked for a pause (`Retry-After`) that is not over.
+    pub fn paused(&self) -> bool {
+        self.is_paused(Instant::now())
     }
 
     fn is_paused(&self, now: Instant) -> bool {

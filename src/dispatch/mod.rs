@@ -179,9 +179,10 @@ async fn run_one(
     let callout = &claim.callout;
     let version = inner.current.load_full();
     let found = version.metadata.function(&callout.function);
-    // Every try of this attempt, in route order; the last one's outcome is the result.
+    // Every try of this attempt, in route order, for the journal.
     let mut tries: Vec<Attempt> = Vec::new();
-    let mut last: Option<(Outcome, u64, String)> = None;
+    // Each call's (or skip's) outcome, its duration and its connection, in route order.
+    let mut outcomes: Vec<(Outcome, u64, String)> = Vec::new();
     match found {
         None => {
             let outcome = Outcome::failure(
@@ -203,7 +204,7 @@ async fn run_one(
                 0,
                 &outcome,
             ));
-            last = Some((outcome, 0, callout.connection.clone()));
+            outcomes.push((outcome, 0, callout.connection.clone()));
         }
         Some((conn, function)) => {
             let route = route_of(&version.metadata, conn, function);
@@ -223,10 +224,10 @@ async fn run_one(
                         return;
                     }
                 }
-                let skipped = if !is_last && state.breaker_open() {
+                let skipped = if !is_last && let Some(why) = held_back(&state) {
                     Some(CallError::new(
                         ErrorKind::Unavailable,
-                        format!("`{}` was not called: its circuit breaker is open", c.name),
+                        format!("`{}` was not called: {why}", c.name),
                     ))
                 } else if index > 0 && !f.input_schema.validator.is_valid(&callout.input) {
                     Some(CallError::new(
@@ -249,13 +250,50 @@ async fn run_one(
                         0,
                         &outcome,
                     ));
-                    last = Some((outcome, 0, c.name.clone()));
+                    outcomes.push((outcome, 0, c.name.clone()));
                     continue;
                 }
-                let Some(turn) =
-                    wait_turn(&inner, &state, &mut held, &gates, &claim, &active, lease).await
-                else {
-                    return;
+                let waited = wait_turn(
+                    &inner,
+                    &state,
+                    &mut held,
+                    &gates,
+                    &claim,
+                    &active,
+                    lease,
+                    Route {
+                        first: index == 0,
+                        last: is_last,
+                    },
+                )
+                .await;
+                let turn = match waited {
+                    Waited::Ready(turn) => turn,
+                    Waited::HeldBack(why) => {
+                        let outcome = Outcome::failure(
+                            CallError::new(
+                                ErrorKind::Unavailable,
+                                format!("`{}` was not called: {why}", c.name),
+                            ),
+                            None,
+                            0,
+                        );
+                        tries.push(journal_entry(
+                            &claim,
+                            route_no,
+                            &c.name,
+                            now_millis(),
+                            0,
+                            &outcome,
+                        ));
+                        outcomes.push((outcome, 0, c.name.clone()));
+                        continue;
+                    }
+                    // Nothing was called yet: the claim is released (at shutdown) or lost.
+                    Waited::Gone if index == 0 => return,
+                    // The function's own connection was called: record what happened, so
+                    // that the attempt counts and its journal is kept.
+                    Waited::Gone => break,
                 };
                 let started = now_millis();
                 let (outcome, duration_ms) =
@@ -267,8 +305,13 @@ async fn run_one(
                 {
                     let wait = wait.min(inner.config.retry_after_cap);
                     state.pause_for(wait);
+                    // A connection whose functions fail over keeps its queue: those callouts
+                    // go to a fallback instead of waiting out the pause.
+                    let fails_over = c.functions.values().any(|f| !f.fallback.is_empty());
                     let until = now_millis() + wait.as_millis() as i64;
-                    if let Err(e) = inner.store.delay_connection(&c.name, until).await {
+                    if !fails_over
+                        && let Err(e) = inner.store.delay_connection(&c.name, until).await
+                    {
                         tracing::warn!(error = %e, connection = %c.name, "could not delay the connection's queue");
                     }
                     inner.wake.notify_one();
@@ -285,13 +328,14 @@ async fn run_one(
                 if fail_over {
                     tracing::info!(callout_id = %callout.id, from = %c.name, "failing over to the next connection of the function");
                 }
-                last = Some((outcome, duration_ms, c.name.clone()));
+                outcomes.push((outcome, duration_ms, c.name.clone()));
                 if !fail_over {
                     break;
                 }
             }
         }
     }
+    let last = decisive(outcomes);
     let (Some((outcome, duration_ms, connection_name)), Some(record)) = (last, tries.pop()) else {
         // A route is never empty; nothing was tried, so there is nothing to record.
         forget(&active, &callout.id, claim.attempt);
@@ -382,10 +426,46 @@ fn route_of<'m>(
     route
 }
 
+/// Where a try is in its function's route.
+#[derive(Debug, Clone, Copy)]
+struct Route {
+    /// The function's own connection (the callout has made no call yet).
+    first: bool,
+    /// No fallback after this one.
+    last: bool,
+}
+
+/// How waiting for a connection ended.
+enum Waited {
+    /// The connection takes the call now.
+    Ready(Turn),
+    /// The connection is held back (an open breaker, a pause it asked for) and a fallback
+    /// follows: go on to it, saying why.
+    HeldBack(&'static str),
+    /// A shutdown (the claim is released) or a lost lease (let go).
+    Gone,
+}
+
+/// Why a connection cannot be called now, if it cannot: its breaker is open or it asked for a
+/// pause.
+fn held_back(state: &limits::ConnState) -> Option<&'static str> {
+    if state.breaker_open() {
+        Some("its circuit breaker is open")
+    } else if state.paused() {
+        Some("it asked to wait (Retry-After)")
+    } else {
+        None
+    }
+}
+
 /// Waits until `state`'s connection may take the call, then takes a global permit if the
-/// callout holds none. Waiting holds neither a permit nor a claim slot, so it cannot keep the
-/// cap from other connections; the lease is extended while it waits. `None` when the callout
-/// must be let go: a shutdown (the claim is released, the call never made) or a lost lease.
+/// callout holds none. On the function's own connection, waiting holds neither a permit nor a
+/// claim slot, so it cannot keep the cap from other connections; on a fallback it keeps its
+/// slot (so that callouts of a connection that is down are not claimed without bound while
+/// they wait for a fallback) but not its permit. With a fallback after this connection, a
+/// connection that is held back while the callout waits sends it on. The lease is extended
+/// while it waits.
+#[allow(clippy::too_many_arguments)]
 async fn wait_turn(
     inner: &Arc<Inner>,
     state: &Arc<limits::ConnState>,
@@ -394,7 +474,8 @@ async fn wait_turn(
     claim: &Claimed,
     active: &Active,
     lease: Duration,
-) -> Option<Turn> {
+    route: Route,
+) -> Waited {
     let callout = &claim.callout;
     let mut turn = state.enter();
     {
@@ -406,21 +487,31 @@ async fn wait_turn(
             _ = std::future::ready(()) => false,
         };
         if !at_once {
-            held.slot = None;
+            if route.first {
+                held.slot = None;
+            }
             held.permit = None;
             let extend_every = (lease / 3).max(Duration::from_millis(10));
+            let mut extend =
+                tokio::time::interval_at(tokio::time::Instant::now() + extend_every, extend_every);
+            let mut look = tokio::time::interval(HELD_BACK_CHECK);
             loop {
                 tokio::select! {
                     _ = &mut ready => break,
-                    _ = inner.shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(extend_every) => {
+                    _ = inner.shutdown.cancelled() => return Waited::Gone,
+                    _ = look.tick(), if !route.last => {
+                        if let Some(why) = held_back(state) {
+                            return Waited::HeldBack(why);
+                        }
+                    }
+                    _ = extend.tick() => {
                         let until = now_millis() + lease.as_millis() as i64;
                         if let Ok(Finished::Fenced) =
                             inner.store.extend_lease(&callout.id, claim.attempt, until).await
                         {
                             // The claim was lost (a stall outlived the lease): let it go.
                             forget(active, &callout.id, claim.attempt);
-                            return None;
+                            return Waited::Gone;
                         }
                     }
                 }
@@ -429,20 +520,52 @@ async fn wait_turn(
     }
     if held.slot.is_none() {
         held.slot = tokio::select! {
-            taken = gates.slots.clone().acquire_owned() => Some(taken.ok()?),
-            _ = inner.shutdown.cancelled() => return None,
+            taken = gates.slots.clone().acquire_owned() => match taken {
+                Ok(taken) => Some(taken),
+                Err(_) => return Waited::Gone,
+            },
+            _ = inner.shutdown.cancelled() => return Waited::Gone,
         };
     }
     if held.permit.is_none() {
         held.permit = tokio::select! {
-            p = gates.permits.clone().acquire_owned() => Some(p.ok()?),
-            _ = inner.shutdown.cancelled() => return None,
+            p = gates.permits.clone().acquire_owned() => match p {
+                Ok(p) => Some(p),
+                Err(_) => return Waited::Gone,
+            },
+            _ = inner.shutdown.cancelled() => return Waited::Gone,
         };
     }
     if inner.shutdown.is_cancelled() {
-        return None;
+        return Waited::Gone;
     }
-    Some(turn)
+    Waited::Ready(turn)
+}
+
+/// How often a callout waiting for a connection with a fallback after it looks whether the
+/// connection is held back (and the fallback should serve).
+const HELD_BACK_CHECK: Duration = Duration::from_millis(50);
+
+/// The outcome that decides the attempt, from each try's in route order: the last one, unless
+/// it failed for a reason of that fallback alone (its input schema, its configuration, the
+/// network policy) after an earlier connection failed in a way that is retried — then the
+/// latest such earlier one, so that the callout is retried rather than dead-lettered.
+fn decisive(mut outcomes: Vec<(Outcome, u64, String)>) -> Option<(Outcome, u64, String)> {
+    let local = |o: &Outcome| {
+        matches!(
+            &o.result,
+            Err(e) if matches!(e.kind, ErrorKind::InvalidRequest | ErrorKind::Config | ErrorKind::Refused)
+        )
+    };
+    let retryable = |o: &Outcome| matches!(&o.result, Err(e) if e.retryable());
+    let last = outcomes.pop()?;
+    if outcomes.is_empty() || !local(&last.0) {
+        return Some(last);
+    }
+    match outcomes.iter().rposition(|(o, _, _)| retryable(o)) {
+        Some(i) => Some(outcomes.swap_remove(i)),
+        None => Some(last),
+    }
 }
 
 /// Makes one call of `function` on `conn` and returns its outcome and how long it took. The
@@ -640,5 +763,51 @@ pub(crate) async fn reclaim_loop(inner: Arc<Inner>) {
             }
             Err(err) => tracing::warn!(error = %err, "reclaiming expired leases failed"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn failed(kind: ErrorKind, status: Option<u16>) -> Outcome {
+        Outcome::failure(CallError::new(kind, "failed"), status, 0)
+    }
+
+    fn tried(outcome: Outcome, connection: &str) -> (Outcome, u64, String) {
+        (outcome, 1, connection.to_string())
+    }
+
+    #[test]
+    fn the_last_try_decides_unless_a_fallback_failed_for_a_reason_of_its_own() {
+        let served = decisive(vec![
+            tried(failed(ErrorKind::Connect, None), "mail"),
+            tried(Outcome::success(Value::Null, Some(200), 2), "mail_backup"),
+        ]);
+        assert_eq!(served.map(|t| t.2).as_deref(), Some("mail_backup"));
+
+        let rejected = decisive(vec![
+            tried(failed(ErrorKind::Unavailable, Some(503)), "mail"),
+            tried(failed(ErrorKind::Rejected, Some(400)), "mail_backup"),
+        ]);
+        assert_eq!(rejected.map(|t| t.2).as_deref(), Some("mail_backup"));
+
+        // The fallback could not even be asked: the primary's retried failure decides.
+        for local in [
+            ErrorKind::InvalidRequest,
+            ErrorKind::Config,
+            ErrorKind::Refused,
+        ] {
+            let back = decisive(vec![
+                tried(failed(ErrorKind::Unavailable, Some(503)), "mail"),
+                tried(failed(local, None), "mail_backup"),
+            ])
+            .expect("an outcome");
+            assert_eq!(back.2, "mail", "{local:?}");
+            assert!(matches!(&back.0.result, Err(e) if e.retryable()));
+        }
+        let alone = decisive(vec![tried(failed(ErrorKind::Config, None), "mail")]);
+        assert_eq!(alone.map(|t| t.2).as_deref(), Some("mail"));
+        assert!(decisive(Vec::new()).is_none());
     }
 }

@@ -763,6 +763,14 @@ impl Cx {
         if !s3 && a.r#type == AuthKind::Aws && BUILT_IN_TYPES.contains(&type_name) {
             self.push(at.key("type"), format!("auth type `aws` applies to s3 connections only; expected one of `none`, `basic`, `bearer`, `api_key`, `oauth2_client_credentials`, `oauth2_refresh_token` for a {type_name} connection"));
         }
+        if type_name == "soap"
+            && matches!(
+                a.r#type,
+                AuthKind::OAuth2ClientCredentials | AuthKind::OAuth2RefreshToken
+            )
+        {
+            self.push(at.key("type"), format!("auth type `{kind}` applies to rest connections only; expected one of `none`, `basic`, `bearer`, `api_key` for a soap connection"));
+        }
         if a.r#type == AuthKind::Aws && a.access_key_id.is_some() != a.secret_access_key.is_some() {
             self.push(at.clone(), "`access_key_id` and `secret_access_key` go together; expected both, or neither for the standard AWS credential chain");
         }

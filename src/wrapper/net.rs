@@ -276,12 +276,29 @@ pub fn http_client(connection: &Connection) -> Result<reqwest::Client, String> {
             ..
         }
     );
+    client(connection, redirect_policy(allow_private, same_origin))
+}
+
+/// [`http_client`] that follows no redirect: for requests whose body holds credentials (an
+/// OAuth2 token request), which a redirect could carry to another host.
+///
+/// # Errors
+/// As [`http_client`].
+pub fn http_client_without_redirects(connection: &Connection) -> Result<reqwest::Client, String> {
+    client(connection, reqwest::redirect::Policy::none())
+}
+
+fn client(
+    connection: &Connection,
+    redirects: reqwest::redirect::Policy,
+) -> Result<reqwest::Client, String> {
+    let allow_private = connection.allow_private_network;
     reqwest::Client::builder()
         .connect_timeout(connection.limits.connect_timeout)
         .timeout(connection.limits.timeout + BACKSTOP_MARGIN)
         .user_agent(USER_AGENT)
         .dns_resolver(Arc::new(GuardedResolver { allow_private }))
-        .redirect(redirect_policy(allow_private, same_origin))
+        .redirect(redirects)
         .no_proxy()
         .build()
         .map_err(|err| {

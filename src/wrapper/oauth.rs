@@ -8,13 +8,17 @@
 //! [`FAILURE_HOLD`]: callouts arriving meanwhile get the same error, so a token endpoint that
 //! is down is not hammered by every waiting callout.
 //!
-//! When the provider rotates refresh tokens, the newest one is kept in the store's engine
-//! state (`oauth2.refresh_token:<connection>`), with a fingerprint of the configuration it
-//! grew from; after a restart the engine goes on with it, unless the metadata's credentials
-//! have changed since (then the configured token is used again).
+//! A fetch runs in a task of its own: a callout that stops waiting (its deadline, a shutdown)
+//! does not cut it short, so a refresh token the provider has just rotated is never lost
+//! half-way. When the provider rotates refresh tokens, the newest one is kept in the store's
+//! engine state (`oauth2.refresh_token:<connection>`) with the origin it grew from (token URL,
+//! client id, the metadata's refresh token); after a restart, or a reload that changed other
+//! settings, the engine goes on with it, unless the metadata names a new refresh token (then
+//! that one is used).
 //!
 //! Sources live in [`TokenSources`], which the engine keeps across metadata reloads: a reload
-//! that leaves a connection's OAuth2 settings as they were keeps its token.
+//! that leaves a connection's OAuth2 settings as they were keeps its token. A refresh that
+//! fails while the cached token has not expired yet leaves the callouts on the cached token.
 //!
 //! Failures: the token endpoint unreachable, failing (5xx) or throttling (429) fails the
 //! attempt with a retried kind, so the callout waits and retries; the endpoint refusing the
@@ -90,6 +94,7 @@ impl TokenSources {
             Err(err) => return Some(Err(err)),
         };
         let fingerprint = grant.fingerprint(connection);
+        let origin = grant.origin(connection);
         let Ok(mut sources) = self.sources.lock() else {
             return Some(Err("the token cache is unusable".to_string()));
         };
@@ -98,7 +103,7 @@ impl TokenSources {
         {
             return Some(Ok(found.clone()));
         }
-        let made = TokenSource::new(connection, grant, fingerprint, self.store.clone());
+        let made = TokenSource::new(connection, grant, fingerprint, origin, self.store.clone());
         if let Ok(source) = &made {
             sources.insert(connection.name.clone(), source.clone());
         }
@@ -166,34 +171,56 @@ impl Grant {
         })
     }
 
-    /// SHA-256 (hex) over everything that decides which tokens the grant gets, secrets
-    /// included (hashed, never kept): a source is reused, and a stored refresh token
-    /// trusted, only while this stays the same.
+    /// SHA-256 (hex) over everything the source is built from, secrets included (hashed,
+    /// never kept): a source is reused across reloads only while this stays the same.
     fn fingerprint(&self, connection: &Connection) -> String {
-        let mut hash = Sha256::new();
-        let mut part = |bytes: &[u8]| {
-            hash.update((bytes.len() as u64).to_be_bytes());
-            hash.update(bytes);
-        };
-        part(connection.name.as_bytes());
-        part(self.token_url.as_str().as_bytes());
-        part(self.client_id.as_bytes());
-        part(
-            self.client_secret
-                .as_ref()
-                .map_or(&b""[..], |s| s.expose().as_bytes()),
-        );
-        part(
-            self.refresh_token
-                .as_ref()
-                .map_or(&b""[..], |s| s.expose().as_bytes()),
-        );
-        part(self.scopes.join(" ").as_bytes());
-        part(self.audience.as_deref().unwrap_or_default().as_bytes());
-        part(format!("{:?}", self.client_auth).as_bytes());
-        part(&[u8::from(connection.allow_private_network)]);
-        hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+        let secret =
+            |s: &Option<Secret>| s.as_ref().map_or(String::new(), |s| s.expose().to_string());
+        digest(&[
+            connection.name.as_bytes(),
+            self.token_url.as_str().as_bytes(),
+            self.client_id.as_bytes(),
+            secret(&self.client_secret).as_bytes(),
+            secret(&self.refresh_token).as_bytes(),
+            self.scopes.join(" ").as_bytes(),
+            self.audience.as_deref().unwrap_or_default().as_bytes(),
+            format!("{:?} {:?}", self.client_auth, self.expired_when).as_bytes(),
+            format!(
+                "{} {:?} {:?}",
+                connection.allow_private_network,
+                connection.limits.timeout,
+                connection.limits.connect_timeout
+            )
+            .as_bytes(),
+        ])
     }
+
+    /// SHA-256 (hex) over where a refresh token comes from: the connection, the token URL,
+    /// the client id and the refresh token the metadata names. A stored (rotated) refresh
+    /// token is used only while this stays the same, whatever else changes (a rotated client
+    /// secret, new scopes).
+    fn origin(&self, connection: &Connection) -> String {
+        let refresh = self
+            .refresh_token
+            .as_ref()
+            .map_or(String::new(), |s| s.expose().to_string());
+        digest(&[
+            connection.name.as_bytes(),
+            self.token_url.as_str().as_bytes(),
+            self.client_id.as_bytes(),
+            refresh.as_bytes(),
+        ])
+    }
+}
+
+/// SHA-256 (lowercase hex) of the parts, each prefixed with its length.
+fn digest(parts: &[&[u8]]) -> String {
+    let mut hash = Sha256::new();
+    for part in parts {
+        hash.update((part.len() as u64).to_be_bytes());
+        hash.update(part);
+    }
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// One access token.
@@ -204,6 +231,8 @@ pub struct Token {
     pub generation: u64,
     /// When to fetch the next one; `None` when the provider gave no lifetime.
     refresh_at: Option<Instant>,
+    /// When it expires; `None` when the provider gave no lifetime.
+    expires_at: Option<Instant>,
 }
 
 /// What only the fetching side touches, under the single-flight lock.
@@ -222,12 +251,18 @@ pub struct TokenSource {
     connection: String,
     grant: Grant,
     fingerprint: String,
+    /// Which stored refresh token this source may use (see `Grant::origin`).
+    origin: String,
     client: reqwest::Client,
     store: Option<Arc<dyn Store>>,
     current: Mutex<Option<Arc<Token>>>,
-    fetching: tokio::sync::Mutex<Fetching>,
-    /// Token values seen, for the connection's redactor.
+    fetching: Arc<tokio::sync::Mutex<Fetching>>,
+    /// Token values to hide, for the connection's redactor: the configured secrets and the
+    /// refresh token in use, then the latest access tokens.
     seen: Arc<Mutex<Vec<Secret>>>,
+    /// The refresh token in use when it is not the configured one, and the latest access
+    /// tokens, newest last (at most [`REMEMBERED`]).
+    learned: Mutex<(Option<Secret>, Vec<Secret>)>,
     /// Token requests made, for tests and metrics.
     requests: std::sync::atomic::AtomicU64,
 }
@@ -237,6 +272,7 @@ impl TokenSource {
         connection: &Connection,
         grant: Grant,
         fingerprint: String,
+        origin: String,
         store: Option<Arc<dyn Store>>,
     ) -> Result<Arc<TokenSource>, String> {
         net::check_url(&grant.token_url, connection.allow_private_network)
@@ -250,18 +286,20 @@ impl TokenSource {
         }
         Ok(Arc::new(TokenSource {
             connection: connection.name.clone(),
-            client: net::http_client(connection)?,
-            fetching: tokio::sync::Mutex::new(Fetching {
+            client: net::http_client_without_redirects(connection)?,
+            fetching: Arc::new(tokio::sync::Mutex::new(Fetching {
                 refresh_token: grant.refresh_token.clone(),
                 loaded: false,
                 failed: None,
                 generation: 0,
-            }),
+            })),
             grant,
             fingerprint,
+            origin,
             store,
             current: Mutex::new(None),
             seen: Arc::new(Mutex::new(seen)),
+            learned: Mutex::new((None, Vec::new())),
             requests: std::sync::atomic::AtomicU64::new(0),
         }))
     }
@@ -295,7 +333,7 @@ impl TokenSource {
     /// The token endpoint failed (retried kinds), refused the credentials
     /// ([`ErrorKind::Auth`]), or `deadline` passed ([`ErrorKind::Timeout`]).
     pub async fn token(
-        &self,
+        self: &Arc<Self>,
         deadline: Instant,
         refused: Option<u64>,
     ) -> Result<Arc<Token>, CallError> {
@@ -303,7 +341,8 @@ impl TokenSource {
             return Ok(token);
         }
         let until = tokio::time::Instant::from_std(deadline);
-        let Ok(mut fetching) = tokio::time::timeout_at(until, self.fetching.lock()).await else {
+        let Ok(fetching) = tokio::time::timeout_at(until, self.fetching.clone().lock_owned()).await
+        else {
             return Err(self.late());
         };
         // Another caller may have fetched while this one waited.
@@ -313,19 +352,37 @@ impl TokenSource {
         if let Some((at, error)) = &fetching.failed
             && at.elapsed() < FAILURE_HOLD
         {
-            return Err(error.clone());
+            return self.still_valid(refused).ok_or_else(|| error.clone());
         }
-        match tokio::time::timeout_at(until, self.fetch(&mut fetching)).await {
-            Ok(Ok(token)) => {
-                fetching.failed = None;
-                Ok(token)
-            }
-            Ok(Err(error)) => {
-                fetching.failed = Some((Instant::now(), error.clone()));
-                Err(error)
-            }
-            Err(_) => Err(self.late()),
+        // The fetch runs on its own, holding the lock: a caller that stops waiting leaves it
+        // to finish (and keep a rotated refresh token), and the next caller waits for it.
+        let source = self.clone();
+        let fetch = tokio::spawn(async move {
+            let mut fetching = fetching;
+            let result = source.fetch(&mut fetching).await;
+            fetching.failed = match &result {
+                Ok(_) => None,
+                Err(error) => Some((Instant::now(), error.clone())),
+            };
+            result
+        });
+        match tokio::time::timeout_at(until, fetch).await {
+            Ok(Ok(Ok(token))) => Ok(token),
+            Ok(Ok(Err(error))) => self.still_valid(refused).ok_or(error),
+            Ok(Err(_panicked)) => Err(self.error(
+                ErrorKind::Internal,
+                "the token request failed unexpectedly".to_string(),
+            )),
+            Err(_) => self.still_valid(refused).ok_or_else(|| self.late()),
         }
+    }
+
+    /// The cached token, due for refresh or not, while it has not expired and was not
+    /// refused: what serves when an early refresh fails.
+    fn still_valid(&self, refused: Option<u64>) -> Option<Arc<Token>> {
+        let current = self.current.lock().ok()?.clone()?;
+        let expired = current.expires_at.is_none_or(|at| at <= Instant::now());
+        (!expired && Some(current.generation) != refused).then_some(current)
     }
 
     /// The cached token, if it is not due for refresh and not the refused generation.
@@ -349,7 +406,7 @@ impl TokenSource {
     async fn fetch(&self, fetching: &mut Fetching) -> Result<Arc<Token>, CallError> {
         if self.grant.refresh_token.is_some() && !fetching.loaded {
             if let Some(newer) = self.stored_refresh_token().await {
-                self.remember(&newer);
+                self.pin(&newer);
                 fetching.refresh_token = Some(newer);
             }
             fetching.loaded = true;
@@ -386,12 +443,13 @@ impl TokenSource {
         if !(200..300).contains(&status) {
             return Err(self.refusal(status, &body, retry_after));
         }
+        // A success's body holds tokens the redactor does not know yet: it is never quoted.
         let answer: Value = serde_json::from_slice(&body).map_err(|_| {
             self.error(
                 ErrorKind::Auth,
                 format!(
-                    "the token endpoint answered {status} with no JSON: {}",
-                    self.redacted_excerpt(&body)
+                    "the token endpoint answered {status} with a body that is not JSON ({} bytes); expected a JSON object with `access_token`",
+                    body.len()
                 ),
             )
         })?;
@@ -425,22 +483,27 @@ impl TokenSource {
             _ => None,
         }
         .filter(|secs| secs.is_finite() && *secs >= 0.0)
-        .map(|secs| Duration::from_secs_f64(secs.min(10.0 * 365.0 * 86_400.0)));
-        let refresh_at = lifetime.map(|life| Instant::now() + life - REFRESH_AHEAD.min(life / 2));
+        // A token said to last under a second would be fetched again for every call.
+        .map(|secs| Duration::from_secs_f64(secs.clamp(1.0, 10.0 * 365.0 * 86_400.0)));
+        let fetched = Instant::now();
+        let refresh_at = lifetime.map(|life| fetched + life - REFRESH_AHEAD.min(life / 2));
+        let expires_at = lifetime.map(|life| fetched + life);
         if let Some(rotated) = answer.get("refresh_token").and_then(Value::as_str)
             && self.grant.refresh_token.is_some()
             && fetching.refresh_token.as_ref().map(Secret::expose) != Some(rotated)
         {
+            // In memory first: the old token is dead from now on, whatever the store does.
             let rotated = Secret::new(rotated.to_string());
-            self.remember(&rotated);
+            self.pin(&rotated);
+            fetching.refresh_token = Some(rotated.clone());
             self.keep_refresh_token(&rotated).await;
-            fetching.refresh_token = Some(rotated);
         }
         fetching.generation += 1;
         let token = Arc::new(Token {
             header,
             generation: fetching.generation,
             refresh_at,
+            expires_at,
         });
         if let Ok(mut current) = self.current.lock() {
             *current = Some(token.clone());
@@ -587,15 +650,40 @@ impl TokenSource {
         )
     }
 
-    /// Adds a token value to those every message of this connection hides.
+    /// Adds an access token to those every message of this connection hides (the latest
+    /// [`REMEMBERED`]).
     fn remember(&self, value: &Secret) {
-        if let Ok(mut seen) = self.seen.lock() {
-            let fixed = usize::from(self.grant.client_secret.is_some())
-                + usize::from(self.grant.refresh_token.is_some());
-            seen.push(value.clone());
-            while seen.len() > fixed + REMEMBERED {
-                seen.remove(fixed);
+        self.learn(|(_, recent)| {
+            recent.push(value.clone());
+            if recent.len() > REMEMBERED {
+                recent.remove(0);
             }
+        });
+    }
+
+    /// Makes `refresh_token` the refresh token hidden besides the configured secrets.
+    fn pin(&self, refresh_token: &Secret) {
+        self.learn(|(pinned, _)| *pinned = Some(refresh_token.clone()));
+    }
+
+    /// Changes what was learned, then rebuilds the values to hide: the configured secrets,
+    /// the refresh token in use, the latest access tokens.
+    fn learn(&self, change: impl FnOnce(&mut (Option<Secret>, Vec<Secret>))) {
+        let Ok(mut learned) = self.learned.lock() else {
+            return;
+        };
+        change(&mut learned);
+        let next: Vec<Secret> = self
+            .grant
+            .client_secret
+            .iter()
+            .chain(&self.grant.refresh_token)
+            .chain(&learned.0)
+            .chain(&learned.1)
+            .cloned()
+            .collect();
+        if let Ok(mut seen) = self.seen.lock() {
+            *seen = next;
         }
     }
 
@@ -611,8 +699,8 @@ impl TokenSource {
             }
         };
         let kept: Value = serde_json::from_str(&text).ok()?;
-        if kept.get("fingerprint").and_then(Value::as_str) != Some(self.fingerprint.as_str()) {
-            // The metadata's credentials changed since: the configured token wins.
+        if kept.get("origin").and_then(Value::as_str) != Some(self.origin.as_str()) {
+            // The metadata names another refresh token (or client) since: it wins.
             return None;
         }
         kept.get("refresh_token")
@@ -625,7 +713,7 @@ impl TokenSource {
     async fn keep_refresh_token(&self, token: &Secret) {
         let Some(store) = &self.store else { return };
         let value = serde_json::json!({
-            "fingerprint": self.fingerprint,
+            "origin": self.origin,
             "refresh_token": token.expose(),
         })
         .to_string();

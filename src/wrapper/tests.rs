@@ -809,18 +809,6 @@ functions:
   echo: { path: /echo }
 "#,
         r#"
-connection: oauth
-type: soap
-endpoint: http://127.0.0.1:{port}/base
-auth:
-  type: oauth2_client_credentials
-  token_url: https://login.example.com/token
-  client_id: crm
-  client_secret: "${env:UP_TOKEN}"
-functions:
-  echo: { body: "<Echo/>" }
-"#,
-        r#"
 connection: ledger
 type: soap
 endpoint: https://erp.example.com/soap
@@ -844,7 +832,6 @@ functions:
         vec![
             "connection `files`: s3 connections cannot run callouts yet; they arrive in a later version",
             "connection `ledger`: secret reference `${env:UP_WS_MISSING}` cannot be resolved: environment variable UP_WS_MISSING is not set",
-            "connection `oauth`: OAuth2 auth is supported on rest connections only",
             "connection `unresolved`: secret reference `${env:UP_MISSING}` cannot be resolved: environment variable UP_MISSING is not set",
         ]
     );
@@ -854,8 +841,7 @@ functions:
         }
     }
     for (name, warning) in [
-        ("unresolved", &warnings[3]),
-        ("oauth", &warnings[2]),
+        ("unresolved", &warnings[2]),
         ("ledger", &warnings[1]),
         ("files", &warnings[0]),
     ] {

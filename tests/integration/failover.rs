@@ -275,3 +275,41 @@ async fn an_open_breaker_sends_callouts_to_the_fallback_without_calling_the_prim
     assert_eq!(journal[0]["duration_ms"], 0);
     sb.stop().await;
 }
+
+#[tokio::test]
+async fn a_retry_after_pause_sends_the_next_callouts_to_the_fallback() {
+    let primary = Upstream::start(|_| {
+        Reply::json(503, json!({ "error": "busy" })).header("retry-after", "60")
+    })
+    .await;
+    let backup = Upstream::start(|_| Reply::ok(json!({ "ok": true }))).await;
+    let sb = TestServer::start(&mail(&primary.url(), &backup.url(), "")).await;
+    let first = sb.api.enqueue("mail.status", json!({})).await;
+    let done = sb
+        .api
+        .wait_for_status(&first, &["succeeded", "failed"], DEADLINE)
+        .await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    // The primary asked for a minute: the next callouts go to the backup at once, and the
+    // primary is not called again.
+    let ids = sb
+        .api
+        .enqueue_batch(
+            (0..5)
+                .map(|_| json!({ "function": "mail.status", "input": {} }))
+                .collect(),
+        )
+        .await;
+    let done = sb.api.wait_all(&ids, "succeeded", DEADLINE).await;
+    assert_eq!(primary.count(), 1);
+    assert_eq!(backup.count(), 6);
+    let journal = sb
+        .api
+        .attempts(done[0]["id"].as_str().expect("an id"))
+        .await;
+    assert_eq!(
+        journal[0]["error_message"],
+        "`mail` was not called: it asked to wait (Retry-After)"
+    );
+    sb.stop().await;
+}

@@ -309,6 +309,23 @@ functions:
         .wait_for_status(&id, &["succeeded", "failed"], DEADLINE)
         .await;
     assert_eq!(done["result"]["data"], json!({ "token": "at-2" }), "{done}");
+
+    // Other OAuth2 settings change (new scopes) and the metadata is reloaded: the newest
+    // refresh token still serves.
+    let mut files = files;
+    files[0].1 = files[0].1.replace(
+        "  client_id: crm-app",
+        "  client_id: crm-app\n  scopes: [profile]",
+    );
+    sb.rewrite_metadata(&files);
+    let (status, body) = sb.api.post("/v1/admin/reload", &json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    let id = sb.api.enqueue("crm.me", json!({})).await;
+    let done = sb
+        .api
+        .wait_for_status(&id, &["succeeded", "failed"], DEADLINE)
+        .await;
+    assert_eq!(done["result"]["data"], json!({ "token": "at-3" }), "{done}");
     let sent: Vec<String> = token
         .requests()
         .iter()
@@ -318,6 +335,6 @@ functions:
                 .to_string()
         })
         .collect();
-    assert_eq!(sent, ["rt-0", "rt-1"]);
+    assert_eq!(sent, ["rt-0", "rt-1", "rt-2"]);
     sb.stop().await;
 }
