@@ -225,10 +225,7 @@ async fn run_one(
                     }
                 }
                 let skipped = if !is_last && let Some(why) = held_back(&state) {
-                    Some(CallError::new(
-                        ErrorKind::Unavailable,
-                        format!("`{}` was not called: {why}", c.name),
-                    ))
+                    Some(not_called(&c.name, why))
                 } else if index > 0 && !f.input_schema.validator.is_valid(&callout.input) {
                     Some(CallError::new(
                         ErrorKind::InvalidRequest,
@@ -240,7 +237,7 @@ async fn run_one(
                 } else {
                     None
                 };
-                if let Some(error) = skipped {
+                let mut skip = |error: CallError| {
                     let outcome = Outcome::failure(error, None, 0);
                     tries.push(journal_entry(
                         &claim,
@@ -251,6 +248,9 @@ async fn run_one(
                         &outcome,
                     ));
                     outcomes.push((outcome, 0, c.name.clone()));
+                };
+                if let Some(error) = skipped {
+                    skip(error);
                     continue;
                 }
                 let waited = wait_turn(
@@ -270,23 +270,7 @@ async fn run_one(
                 let turn = match waited {
                     Waited::Ready(turn) => turn,
                     Waited::HeldBack(why) => {
-                        let outcome = Outcome::failure(
-                            CallError::new(
-                                ErrorKind::Unavailable,
-                                format!("`{}` was not called: {why}", c.name),
-                            ),
-                            None,
-                            0,
-                        );
-                        tries.push(journal_entry(
-                            &claim,
-                            route_no,
-                            &c.name,
-                            now_millis(),
-                            0,
-                            &outcome,
-                        ));
-                        outcomes.push((outcome, 0, c.name.clone()));
+                        skip(not_called(&c.name, why));
                         continue;
                     }
                     // Nothing was called yet: the claim is released (at shutdown) or lost.
@@ -444,6 +428,14 @@ enum Waited {
     HeldBack(&'static str),
     /// A shutdown (the claim is released) or a lost lease (let go).
     Gone,
+}
+
+/// The error of a try that skipped `connection` because it is held back (`why`).
+fn not_called(connection: &str, why: &str) -> CallError {
+    CallError::new(
+        ErrorKind::Unavailable,
+        format!("`{connection}` was not called: {why}"),
+    )
 }
 
 /// Why a connection cannot be called now, if it cannot: its breaker is open or it asked for a

@@ -380,16 +380,7 @@ async fn each_page_counts_against_the_connections_rate_limit() {
             i + 1
         );
     }
-    let busiest = arrivals
-        .iter()
-        .map(|start| {
-            arrivals
-                .iter()
-                .filter(|at| **at >= *start && at.duration_since(*start) < Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .expect("requests");
+    let busiest = crate::support::upstream::most_within_a_second(&arrivals);
     assert!(
         busiest <= 6,
         "{busiest} pages within one second; the limit is 5/s with a burst of 1"

@@ -603,16 +603,7 @@ async fn connection_rate_limit_bounds_requests_in_every_second() {
 
     let arrivals: Vec<Instant> = upstream.requests().iter().map(|r| r.at).collect();
     assert_eq!(arrivals.len(), CALLOUTS);
-    let busiest = arrivals
-        .iter()
-        .map(|start| {
-            arrivals
-                .iter()
-                .filter(|at| **at >= *start && at.duration_since(*start) < Duration::from_secs(1))
-                .count()
-        })
-        .max()
-        .expect("requests");
+    let busiest = crate::support::upstream::most_within_a_second(&arrivals);
     assert!(
         busiest <= 15,
         "{busiest} requests within one second; the limit is 10/s with a burst of 5"

@@ -249,3 +249,20 @@ async fn handle(
     }
     response
 }
+
+/// The most of `arrivals` that fall within any one second (each arrival starting a window).
+///
+/// # Panics
+/// `arrivals` is empty.
+pub fn most_within_a_second(arrivals: &[Instant]) -> usize {
+    arrivals
+        .iter()
+        .map(|start| {
+            arrivals
+                .iter()
+                .filter(|at| **at >= *start && at.duration_since(*start) < Duration::from_secs(1))
+                .count()
+        })
+        .max()
+        .expect("requests")
+}
