@@ -502,6 +502,18 @@ pub enum ServerSideEncryption {
     AwsKms,
 }
 
+/// When an S3 connection sends request checksums.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum S3Checksums {
+    /// On every request that supports one (the AWS SDK's default).
+    #[default]
+    WhenSupported,
+    /// Only where the operation requires one: for S3-compatible servers that refuse the
+    /// newer checksum headers.
+    WhenRequired,
+}
+
 /// Operations an S3 function performs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
 #[serde(rename_all = "snake_case")]

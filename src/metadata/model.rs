@@ -13,7 +13,7 @@ use std::time::Duration;
 use url::Url;
 
 use super::config::{
-    ApiKeyLocation, HttpMethod, OAuth2ClientAuth, S3Operation, ServerSideEncryption, SoapVersion,
+    ApiKeyLocation, HttpMethod, OAuth2ClientAuth, S3Checksums, S3Operation, ServerSideEncryption, SoapVersion,
     WsPasswordType,
 };
 use super::problem::Problem;
@@ -97,6 +97,10 @@ pub struct Connection {
     pub limits: Limits,
     pub retry: RetryPolicy,
     pub breaker: BreakerPolicy,
+    /// A successful answer's body larger than this many bytes is streamed to the files
+    /// bucket (the `s3` connection with `files:`) and the result holds its reference
+    /// (REST and SOAP; default 1 MiB). Without a files bucket, bodies stay in the store.
+    pub offload_threshold: u64,
     pub protocol: Protocol,
     pub functions: BTreeMap<String, Function>,
     /// Every secret reference of the connection, with where it is written.
@@ -124,11 +128,74 @@ pub enum Protocol {
         path_style: bool,
         server_side_encryption: Option<ServerSideEncryption>,
         kms_key_id: Option<String>,
+        /// When request checksums are sent (`when_required` for servers that refuse them).
+        checksums: S3Checksums,
+        /// Present on the one connection whose bucket holds `POST /v1/files` uploads and
+        /// offloaded bodies.
+        files: Option<FilesPolicy>,
     },
     Plugin {
         settings: serde_json::Value,
     },
 }
+
+/// How the files bucket takes uploads and keeps references (the `files:` block of an `s3`
+/// connection), with defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FilesPolicy {
+    /// Prefix of every generated key (default `files/`).
+    pub key_prefix: String,
+    /// Largest file taken, in bytes (default 5 GiB).
+    pub max_size: u64,
+    /// Bytes per part of a multipart upload, and the size above which one is used
+    /// (default 8 MiB; 5 MiB to 512 MiB).
+    pub part_size: u64,
+    /// Content types an upload may have: `type/subtype` or `type/*` (default: common
+    /// document, image, text and archive types).
+    pub content_types: Vec<String>,
+    /// Lifetime of a presigned link (default 15m, at most 7 days).
+    pub link_ttl: Duration,
+    /// How long a reference lives; then its object is deleted (default 30 days).
+    pub retention: Duration,
+}
+
+/// The content types a files bucket takes when its `content_types` is not given.
+pub const DEFAULT_CONTENT_TYPES: &[&str] = &[
+    "application/pdf",
+    "application/json",
+    "application/xml",
+    "application/zip",
+    "application/gzip",
+    "application/octet-stream",
+    "application/msword",
+    "application/vnd.ms-excel",
+    "application/vnd.openxmlformats-officedocument.*",
+    "application/vnd.oasis.opendocument.*",
+    "image/png",
+    "image/jpeg",
+    "image/gif",
+    "image/webp",
+    "image/tiff",
+    "text/plain",
+    "text/csv",
+    "text/xml",
+];
+
+impl Default for FilesPolicy {
+    fn default() -> Self {
+        FilesPolicy {
+            key_prefix: "files/".into(),
+            max_size: 5 * 1024 * 1024 * 1024,
+            part_size: 8 * 1024 * 1024,
+            content_types: DEFAULT_CONTENT_TYPES.iter().map(|s| s.to_string()).collect(),
+            link_ttl: Duration::from_secs(15 * 60),
+            retention: Duration::from_secs(30 * 24 * 3600),
+        }
+    }
+}
+
+/// Default [`Connection::offload_threshold`]: 1 MiB.
+pub const DEFAULT_OFFLOAD_THRESHOLD: u64 = 1024 * 1024;
 
 /// A connection's settings: name → text, number or boolean, never a secret.
 pub type Settings = BTreeMap<String, serde_json::Value>;
@@ -368,6 +435,9 @@ pub enum Request {
         body: Option<serde_json::Value>,
         /// How the answer's list is paged; `None` for one request, one answer.
         pagination: Option<Pagination>,
+        /// A template giving the id of a stored file sent as the body, streamed from the
+        /// files bucket (instead of `body`).
+        body_file: Option<String>,
     },
     Soap {
         action: Option<String>,
@@ -379,6 +449,8 @@ pub enum Request {
         prefix: Option<String>,
         expires: Duration,
         content_type: Option<String>,
+        /// For `put`: a template giving the id of the stored file whose bytes are put.
+        file: Option<String>,
     },
     Plugin {
         request: serde_json::Value,

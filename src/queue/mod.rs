@@ -205,6 +205,29 @@ pub enum Transition {
     WrongStatus(Status),
 }
 
+/// A file stored in S3-compatible storage: what `POST /v1/files` answers and what an
+/// offloaded result body is replaced by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileRecord {
+    /// Generated (`f` and a UUIDv7 in hex); never derived from the file's name.
+    pub id: String,
+    /// The `s3` connection holding the object.
+    pub connection: String,
+    pub bucket: String,
+    pub key: String,
+    pub size: u64,
+    /// Lowercase hex SHA-256 of the bytes.
+    pub sha256: String,
+    pub content_type: String,
+    /// The uploader's file name, sanitised; `None` when none was given.
+    pub name: Option<String>,
+    /// `upload`, or `callout:<id>` for an offloaded result body.
+    pub origin: String,
+    pub created_at: Millis,
+    /// When the reference expires and its object is deleted.
+    pub expires_at: Millis,
+}
+
 /// The store's failures. `Unavailable` means "try again later" (full disk, locked database).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -286,6 +309,21 @@ pub trait Store: Send + Sync + 'static {
 
     /// Sets a value the engine keeps between runs, durably: when it returns, it is on disk.
     async fn set_state(&self, key: &str, value: &str, now: Millis) -> Result<(), StoreError>;
+
+    /// Records a stored file's reference (an upload, or a callout's offloaded body), durably.
+    ///
+    /// # Errors
+    /// The commit failed, or a file with the same id exists ([`StoreError::Failed`]).
+    async fn insert_file(&self, file: &FileRecord) -> Result<(), StoreError>;
+
+    /// A file's reference by id, expired or not; `None` if unknown or deleted.
+    async fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError>;
+
+    /// Up to `limit` files whose `expires_at` is at or before `now`, soonest expired first.
+    async fn expired_files(&self, now: Millis, limit: u32) -> Result<Vec<FileRecord>, StoreError>;
+
+    /// Forgets a file's reference (after its object was deleted). Returns whether it existed.
+    async fn delete_file(&self, id: &str) -> Result<bool, StoreError>;
 
     /// Whether the store answers a read, at a cost that does not grow with the table (for
     /// readiness probes). The default reads [`Store::counts`]; stores should do better.

@@ -47,7 +47,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::writer::{ClaimRequest, Job, Op, Reply, Writer};
 use super::{
-    Attempt, Callout, Claimed, Enqueued, Finish, Finished, ListQuery, Millis, NewCallout, Status,
+    Attempt, Callout, Claimed, Enqueued, FileRecord, Finish, Finished, ListQuery, Millis, NewCallout, Status,
     Store, StoreError, Transition,
 };
 
@@ -496,6 +496,22 @@ impl Store for SqliteStore {
         let request = (key.to_owned(), value.to_owned(), now);
         self.write(|reply| Op::SetState(Job::new(request, reply)))
             .await
+    }
+
+    async fn insert_file(&self, _file: &FileRecord) -> Result<(), StoreError> {
+        Err(StoreError::Failed("files are not stored yet".into()))
+    }
+
+    async fn file(&self, _id: &str) -> Result<Option<FileRecord>, StoreError> {
+        Ok(None)
+    }
+
+    async fn expired_files(&self, _now: Millis, _limit: u32) -> Result<Vec<FileRecord>, StoreError> {
+        Ok(Vec::new())
+    }
+
+    async fn delete_file(&self, _id: &str) -> Result<bool, StoreError> {
+        Ok(false)
     }
 
     /// One indexed read of at most one row.

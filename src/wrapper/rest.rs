@@ -132,6 +132,7 @@ impl RestWrapper {
                 headers,
                 body,
                 pagination,
+                ..
             } = &f.request
             else {
                 return Err(fail(format!("function `{fname}` is not a rest request")));
