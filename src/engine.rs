@@ -23,6 +23,7 @@ use crate::metadata::{Loader, Metadata, Problem};
 use crate::observe::Metrics;
 use crate::queue::{Callout, Enqueued, Millis, NewCallout, Store, StoreError};
 use crate::wrapper;
+use crate::offload::{Files, Scanner};
 use crate::wrapper::oauth::TokenSources;
 
 /// Reads an environment variable, for secret references.
@@ -45,6 +46,11 @@ pub struct EngineConfig {
     pub poll_interval: Duration,
     /// Whether to run callouts at all (off: enqueue only, for benchmarks and maintenance).
     pub dispatch: bool,
+    /// Where uploaded files are scanned before their reference is handed out; `None`: they
+    /// are not scanned.
+    pub scan: Option<crate::offload::Scanner>,
+    /// How often expired file references are looked for (their objects deleted).
+    pub sweep_interval: Duration,
 }
 
 impl Default for EngineConfig {
@@ -57,6 +63,8 @@ impl Default for EngineConfig {
             shutdown_grace: Duration::from_secs(30),
             poll_interval: Duration::from_millis(50),
             dispatch: true,
+            scan: None,
+            sweep_interval: Duration::from_secs(60),
         }
     }
 }
@@ -65,6 +73,8 @@ impl Default for EngineConfig {
 pub struct Version {
     pub metadata: Arc<Metadata>,
     pub wrappers: HashMap<String, Arc<dyn Wrapper>>,
+    /// The files bucket (the `s3` connection with `files:`), if the metadata has one.
+    pub files: Option<Arc<Files>>,
     /// Problems found while building (unresolvable secrets, ...), also logged.
     pub warnings: Vec<String>,
 }
@@ -133,6 +143,8 @@ pub(crate) struct Inner {
     pub env: Arc<EnvFn>,
     /// OAuth2 access tokens, kept across reloads.
     pub tokens: TokenSources,
+    /// The scan hook of uploaded files, shared by every version's files bucket.
+    pub scanner: Option<Arc<Scanner>>,
 }
 
 /// A running engine. Cheap to clone.
@@ -154,15 +166,28 @@ fn build_version(
     loader: &Loader,
     env: &EnvFn,
     tokens: &TokenSources,
+    store: &Arc<dyn Store>,
+    scanner: Option<&Arc<Scanner>>,
 ) -> Version {
-    let built = wrapper::build_all(&metadata, loader, env, tokens);
-    for warning in &built.warnings {
+    let mut warnings = Vec::new();
+    let files = match Files::of(&metadata, env, store.clone(), scanner.cloned()) {
+        Some(Ok(files)) => Some(Arc::new(files)),
+        Some(Err(why)) => {
+            warnings.push(format!("the files bucket cannot be used: {why}"));
+            None
+        }
+        None => None,
+    };
+    let built = wrapper::build_all(&metadata, loader, env, tokens, files.as_ref());
+    warnings.extend(built.warnings);
+    for warning in &warnings {
         tracing::warn!(warning = %warning, "connection cannot run callouts");
     }
     Version {
         metadata: Arc::new(metadata),
         wrappers: built.by_connection,
-        warnings: built.warnings,
+        files,
+        warnings,
     }
 }
 
@@ -195,7 +220,15 @@ impl Engine {
             .load(&config.metadata_dir)?
             .map_err(StartError::Invalid)?;
         let tokens = TokenSources::new(store.clone());
-        let version = build_version(metadata, &loader, env.as_ref(), &tokens);
+        let scanner = config.scan.clone().map(Arc::new);
+        let version = build_version(
+            metadata,
+            &loader,
+            env.as_ref(),
+            &tokens,
+            &store,
+            scanner.as_ref(),
+        );
         let reclaimed = store.reclaim(now_millis(), true).await?;
         if reclaimed > 0 {
             tracing::warn!(
@@ -216,6 +249,7 @@ impl Engine {
             shutdown: CancellationToken::new(),
             env,
             tokens,
+            scanner,
         });
         let engine = Engine {
             inner,
@@ -226,6 +260,7 @@ impl Engine {
             tasks.push(tokio::spawn(dispatch::run(engine.inner.clone())));
         }
         tasks.push(tokio::spawn(dispatch::reclaim_loop(engine.inner.clone())));
+        tasks.push(tokio::spawn(sweep_loop(engine.inner.clone())));
         if let Ok(mut guard) = engine.tasks.lock() {
             guard.extend(tasks);
         }
@@ -290,6 +325,8 @@ impl Engine {
             &self.inner.loader,
             self.inner.env.as_ref(),
             &self.inner.tokens,
+            &self.inner.store,
+            self.inner.scanner.as_ref(),
         );
         self.inner.current.store(Arc::new(version));
         self.inner.wake.notify_one();
@@ -601,5 +638,26 @@ mod tests {
             request_hash("f.g", &serde_json::json!({"a": 1})),
             "e333c5fca3f9b1eccc13a662e1e4bd5cba87a5e48c6d2fd92afd2416f47e576f"
         );
+    }
+}
+
+/// Deletes expired files (their objects, then their references) every `sweep_interval`, with
+/// the files bucket of the current version, until shutdown.
+async fn sweep_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(files) = inner.current.load().files.clone() else {
+            continue;
+        };
+        match files.sweep(now_millis()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "expired files deleted"),
+            Err(err) => tracing::warn!(error = %err, "expired files could not be looked for"),
+        }
     }
 }

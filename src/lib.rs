@@ -10,6 +10,7 @@ pub mod engine;
 pub mod import;
 pub mod metadata;
 pub mod observe;
+pub mod offload;
 pub mod queue;
 pub mod server;
 pub mod wrapper;

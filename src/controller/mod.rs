@@ -22,6 +22,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use crate::engine::Engine;
+pub use callouts::rfc3339;
 pub use error::ApiError;
 
 /// Default limit of a request body.

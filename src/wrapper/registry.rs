@@ -22,19 +22,29 @@ use super::soap::SoapWrapper;
 use crate::metadata::model::{Connection, Protocol, Request};
 use crate::metadata::values::{Secret, SecretRef};
 use crate::metadata::{Loader, Metadata};
+use crate::offload::Files;
 
-/// Builds the wrapper of one connection, reading secrets with the given function. An error
-/// names the connection.
-type Build = fn(&Connection, &dyn Fn(&SecretRef) -> Result<Secret, String>, &TokenSources) -> Built;
+/// What building a wrapper may use besides its connection.
+pub struct Shared<'a> {
+    /// Reads a secret reference of the connection.
+    pub secret: &'a dyn Fn(&SecretRef) -> Result<Secret, String>,
+    /// OAuth2 tokens, kept across builds.
+    pub tokens: &'a TokenSources,
+    /// The files bucket, when the metadata has one (offload, file bodies, `put`).
+    pub files: Option<&'a Arc<Files>>,
+}
+
+/// Builds the wrapper of one connection. An error names the connection.
+type Build = fn(&Connection, &Shared<'_>) -> Built;
 
 type Built = Result<Arc<dyn Wrapper>, String>;
 
 /// The built-in connection types, one line each.
 #[rustfmt::skip]
 pub const BUILT_IN: &[(&str, Build)] = &[
-    ("rest", |c, secret, tokens| Ok(Arc::new(RestWrapper::build_with(c, secret, tokens)?))),
-    ("soap", |c, secret, _| Ok(Arc::new(SoapWrapper::build(c, secret)?))),
-    ("s3", |c, _, _| Err(not_yet(c, "s3 connections cannot run callouts yet"))),
+    ("rest", |c, shared| Ok(Arc::new(RestWrapper::build_with(c, shared.secret, shared.tokens)?))),
+    ("soap", |c, shared| Ok(Arc::new(SoapWrapper::build(c, shared.secret)?))),
+    ("s3", |c, _| Err(not_yet(c, "s3 connections cannot run callouts yet"))),
 ];
 
 /// The wrappers of one metadata version.
@@ -46,19 +56,21 @@ pub struct Wrappers {
 }
 
 /// Builds a wrapper for every connection. `env` reads environment variables for secret
-/// references; `loader` knows the plugins' types; `tokens` keeps OAuth2 tokens across builds.
+/// references; `loader` knows the plugins' types; `tokens` keeps OAuth2 tokens across builds;
+/// `files` is the metadata's files bucket, if it has one.
 pub fn build_all(
     metadata: &Metadata,
     loader: &Loader,
     env: &dyn Fn(&str) -> Option<String>,
     tokens: &TokenSources,
+    files: Option<&Arc<Files>>,
 ) -> Wrappers {
     let mut wrappers = Wrappers {
         by_connection: HashMap::with_capacity(metadata.connections.len()),
         warnings: Vec::new(),
     };
     for (name, connection) in &metadata.connections {
-        let wrapper = match build(connection, loader, env, tokens) {
+        let wrapper = match build(connection, loader, env, tokens, files) {
             Ok(wrapper) => wrapper,
             Err(reason) => {
                 wrappers.warnings.push(reason.clone());
@@ -75,15 +87,20 @@ fn build(
     loader: &Loader,
     env: &dyn Fn(&str) -> Option<String>,
     tokens: &TokenSources,
+    files: Option<&Arc<Files>>,
 ) -> Built {
     let name = &connection.name;
-    let base = connection.source.file.parent().unwrap_or(Path::new("."));
-    let secret = |r: &SecretRef| r.resolve(env, base);
+    let secret = secret_reader(connection, env);
     if let Some((_, build)) = BUILT_IN
         .iter()
         .find(|(kind, _)| *kind == connection.type_name)
     {
-        return build(connection, &secret, tokens);
+        let shared = Shared {
+            secret: &secret,
+            tokens,
+            files,
+        };
+        return build(connection, &shared);
     }
     let Some(kind) = loader.plugin(&connection.type_name) else {
         return Err(format!(
@@ -121,6 +138,15 @@ fn build(
             format!("{prefix}{why}")
         }
     })
+}
+
+/// Reads the secret references of `connection` (a `${file:…}` path is relative to its file).
+pub fn secret_reader<'a>(
+    connection: &'a Connection,
+    env: &'a dyn Fn(&str) -> Option<String>,
+) -> impl Fn(&SecretRef) -> Result<Secret, String> + 'a {
+    let base = connection.source.file.parent().unwrap_or(Path::new("."));
+    move |r: &SecretRef| r.resolve(env, base)
 }
 
 fn not_yet(connection: &Connection, what: &str) -> String {
