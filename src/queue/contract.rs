@@ -10,8 +10,8 @@ use serde_json::{Value, json};
 
 use super::sqlite::{LEASE_EXPIRED_KIND, LEASE_EXPIRED_MESSAGE};
 use super::{
-    Attempt, Callout, Claimed, Enqueued, Finish, Finished, ListQuery, Millis, NewCallout, Next,
-    Status, Store, StoreError, Transition,
+    Attempt, Callout, Claimed, Enqueued, FileRecord, Finish, Finished, ListQuery, Millis,
+    NewCallout, Next, Status, Store, StoreError, Transition,
 };
 
 /// One `#[tokio::test]` per contract test, each opening its own store with `$open`.
@@ -49,6 +49,10 @@ macro_rules! store_contract {
             failover_journals_every_connection_tried_in_order,
             tries_out_of_route_order_are_refused,
             engine_state_is_kept_and_replaced,
+            file_reference_reads_back_unchanged,
+            duplicate_file_id_is_refused,
+            expired_files_come_soonest_first_up_to_the_limit,
+            deleted_file_is_forgotten_once,
         );
     };
     (@each $open:path; $($name:ident),* $(,)?) => {
@@ -910,4 +914,109 @@ pub(crate) async fn engine_state_is_kept_and_replaced(store: &dyn Store) {
             .as_deref(),
         Some(r#"{"token":"other"}"#)
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// File references
+
+/// A reference to an upload named `name`, expiring at `expires_at`.
+pub(crate) fn file(id: &str, name: Option<&str>, expires_at: Millis) -> FileRecord {
+    FileRecord {
+        id: id.to_owned(),
+        connection: "crm_files".to_owned(),
+        bucket: "switchboard-files".to_owned(),
+        key: format!("files/{id}"),
+        size: 5_368_709_120,
+        sha256: "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08".to_owned(),
+        content_type: "application/pdf".to_owned(),
+        name: name.map(str::to_owned),
+        origin: "upload".to_owned(),
+        created_at: T0,
+        expires_at,
+    }
+}
+
+fn file_ids(files: &[FileRecord]) -> Vec<&str> {
+    files.iter().map(|f| f.id.as_str()).collect()
+}
+
+pub(crate) async fn file_reference_reads_back_unchanged(store: &dyn Store) {
+    let named = file(
+        "f1",
+        Some("Übersicht 2024 – Zürich (naïve) 日本.pdf"),
+        T0 + 86_400_000,
+    );
+    let offloaded = FileRecord {
+        content_type: "application/json".to_owned(),
+        size: 0,
+        origin: "callout:c1".to_owned(),
+        ..file("f2", None, T0 + 1)
+    };
+
+    store.insert_file(&named).await.unwrap();
+    store.insert_file(&offloaded).await.unwrap();
+
+    assert_eq!(store.file("f1").await.unwrap(), Some(named));
+    assert_eq!(store.file("f2").await.unwrap(), Some(offloaded));
+    assert_eq!(store.file("nope").await.unwrap(), None);
+}
+
+pub(crate) async fn duplicate_file_id_is_refused(store: &dyn Store) {
+    let first = file("f1", Some("first.pdf"), T0 + 10);
+    store.insert_file(&first).await.unwrap();
+
+    let again = store
+        .insert_file(&file("f1", Some("second.pdf"), T0 + 20))
+        .await;
+
+    let Err(StoreError::Failed(message)) = again else {
+        panic!("expected a duplicate id to fail, got {again:?}");
+    };
+    assert_eq!(
+        message,
+        "record file f1: a file with this id exists already"
+    );
+    assert_eq!(store.file("f1").await.unwrap(), Some(first));
+}
+
+pub(crate) async fn expired_files_come_soonest_first_up_to_the_limit(store: &dyn Store) {
+    // Inserted out of order; f-b and f-a expire together, so the id decides.
+    for record in [
+        file("f-later", None, T0 + 1),
+        file("f-now", None, T0),
+        file("f-b", None, T0 - 10),
+        file("f-a", Some("a.txt"), T0 - 10),
+    ] {
+        store.insert_file(&record).await.unwrap();
+    }
+
+    let expired = store.expired_files(T0, 10).await.unwrap();
+    let first_two = store.expired_files(T0, 2).await.unwrap();
+    let before = store.expired_files(T0 - 1, 10).await.unwrap();
+    let none = store.expired_files(T0, 0).await.unwrap();
+    let all = store.expired_files(T0 + 1, 10).await.unwrap();
+
+    // Expiring at `now` is expired.
+    assert_eq!(file_ids(&expired), ["f-a", "f-b", "f-now"]);
+    assert_eq!(file_ids(&first_two), ["f-a", "f-b"]);
+    assert_eq!(file_ids(&before), ["f-a", "f-b"]);
+    assert_eq!(none, vec![]);
+    assert_eq!(file_ids(&all), ["f-a", "f-b", "f-now", "f-later"]);
+    assert_eq!(expired[0], file("f-a", Some("a.txt"), T0 - 10));
+    assert_eq!(store.expired_files(T0 - 11, 10).await.unwrap(), vec![]);
+}
+
+pub(crate) async fn deleted_file_is_forgotten_once(store: &dyn Store) {
+    store.insert_file(&file("f1", None, T0)).await.unwrap();
+    let kept = file("f2", None, T0);
+    store.insert_file(&kept).await.unwrap();
+
+    let first = store.delete_file("f1").await.unwrap();
+    let second = store.delete_file("f1").await.unwrap();
+    let unknown = store.delete_file("nope").await.unwrap();
+
+    assert_eq!((first, second, unknown), (true, false, false));
+    assert_eq!(store.file("f1").await.unwrap(), None);
+    assert_eq!(store.file("f2").await.unwrap(), Some(kept.clone()));
+    assert_eq!(store.expired_files(T0, 10).await.unwrap(), vec![kept]);
 }

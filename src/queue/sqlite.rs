@@ -18,11 +18,13 @@
 //!   full disk or an I/O error), that operation answers its error and the rest of the group
 //!   runs again, once, without it. Only a failed commit or a second abort fails a group: then
 //!   every operation in it answers that failure, and none of it is stored.
-//! - **Readers never block the writer** (WAL): `get`, `attempts`, `list` and `counts` read
-//!   through the pool, which is `query_only`, and see every committed write.
+//! - **Readers never block the writer** (WAL): `get`, `attempts`, `list`, `counts`, `state`,
+//!   `file` and `expired_files` read through the pool, which is `query_only`, and see every
+//!   committed write.
 //! - **Costs do not grow with the backlog.** Claims walk a partial index of ready callouts,
 //!   results and lease changes go by primary key, reclaim walks a partial index of running
-//!   callouts. Each statement lives in its own file under `sqlite/sql/`.
+//!   callouts; the sweep of expired files walks an index by expiry. Each statement lives in its
+//!   own file under `sqlite/sql/`.
 //! - **Results are fenced.** A claim increments `attempts`; `finish` and `extend_lease` change a
 //!   callout only while it is `running` under that same attempt number.
 //! - **Nothing from the database panics.** A row that cannot be decoded is a
@@ -47,8 +49,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::writer::{ClaimRequest, Job, Op, Reply, Writer};
 use super::{
-    Attempt, Callout, Claimed, Enqueued, FileRecord, Finish, Finished, ListQuery, Millis, NewCallout, Status,
-    Store, StoreError, Transition,
+    Attempt, Callout, Claimed, Enqueued, FileRecord, Finish, Finished, ListQuery, Millis,
+    NewCallout, Status, Store, StoreError, Transition,
 };
 
 #[cfg(test)]
@@ -95,6 +97,10 @@ mod sql {
     pub const CANCEL: &str = include_str!("sqlite/sql/cancel.sql");
     pub const STATE: &str = include_str!("sqlite/sql/state.sql");
     pub const SET_STATE: &str = include_str!("sqlite/sql/set_state.sql");
+    pub const INSERT_FILE: &str = include_str!("sqlite/sql/insert_file.sql");
+    pub const FILE: &str = include_str!("sqlite/sql/file.sql");
+    pub const EXPIRED_FILES: &str = include_str!("sqlite/sql/expired_files.sql");
+    pub const DELETE_FILE: &str = include_str!("sqlite/sql/delete_file.sql");
 }
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/sqlite");
@@ -282,11 +288,12 @@ impl SqliteStore {
 /// durable.
 ///
 /// Cancel safety of the write methods (`enqueue`, `claim`, `extend_lease`, `finish`,
-/// `release`, `reclaim`, `delay_connection`, `replay`, `cancel`): dropping the future before
-/// the writer took the operation does nothing; after that, the operation still runs and
-/// commits, and only its answer is lost. A caller that gives up on a call cannot know which
-/// happened — a lost `claim` answer leaves callouts running until their lease expires and
-/// `reclaim` takes them back. The read methods are cancel safe.
+/// `release`, `reclaim`, `delay_connection`, `replay`, `cancel`, `set_state`, `insert_file`,
+/// `delete_file`): dropping the future before the writer took the operation does nothing;
+/// after that, the operation still runs and commits, and only its answer is lost. A caller
+/// that gives up on a call cannot know which happened — a lost `claim` answer leaves callouts
+/// running until their lease expires and `reclaim` takes them back. The read methods are
+/// cancel safe.
 #[async_trait]
 impl Store for SqliteStore {
     /// # Errors
@@ -498,20 +505,61 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn insert_file(&self, _file: &FileRecord) -> Result<(), StoreError> {
-        Err(StoreError::Failed("files are not stored yet".into()))
+    /// # Errors
+    /// [`StoreError::Failed`] if a file with the same id exists (nothing is changed then);
+    /// otherwise as [`Store::claim`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not leave the write done: once the writer has taken it,
+    /// it commits with nobody to answer.
+    async fn insert_file(&self, file: &FileRecord) -> Result<(), StoreError> {
+        let file = file.clone();
+        self.write(|reply| Op::InsertFile(Job::new(file, reply)))
+            .await
     }
 
-    async fn file(&self, _id: &str) -> Result<Option<FileRecord>, StoreError> {
-        Ok(None)
+    /// # Errors
+    /// [`StoreError::Failed`] if the row cannot be decoded; otherwise as [`Store::get`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    async fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
+        let row = sqlx::query(sql::FILE)
+            .bind(id)
+            .fetch_optional(&self.readers)
+            .await
+            .map_err(|err| store_error(format_args!("read file {id}"), err))?;
+        row.as_ref().map(decode_file).transpose()
     }
 
-    async fn expired_files(&self, _now: Millis, _limit: u32) -> Result<Vec<FileRecord>, StoreError> {
-        Ok(Vec::new())
+    /// Walks `files_by_expiry` in order: the cost is the rows returned, not the table. Ties on
+    /// `expires_at` come in id order; a `limit` of 0 returns none.
+    ///
+    /// # Errors
+    /// As [`Store::file`].
+    ///
+    /// # Cancel safety
+    /// Cancel safe: a read changes nothing.
+    async fn expired_files(&self, now: Millis, limit: u32) -> Result<Vec<FileRecord>, StoreError> {
+        let rows = sqlx::query(sql::EXPIRED_FILES)
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&self.readers)
+            .await
+            .map_err(|err| store_error("read expired files", err))?;
+        rows.iter().map(decode_file).collect()
     }
 
-    async fn delete_file(&self, _id: &str) -> Result<bool, StoreError> {
-        Ok(false)
+    /// # Errors
+    /// As [`Store::claim`].
+    ///
+    /// # Cancel safety
+    /// Dropping the future may or may not leave the write done: once the writer has taken it,
+    /// it commits with nobody to answer.
+    async fn delete_file(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(|reply| Op::DeleteFile(Job::new(id, reply)))
+            .await
     }
 
     /// One indexed read of at most one row.
@@ -664,6 +712,38 @@ fn decode_attempt(id: &str, row: &impl Columns) -> Result<Attempt, StoreError> {
         error_kind: maybe_text(row, &what, "error_kind")?,
         error_message: maybe_text(row, &what, "error_message")?,
         response_bytes: amount(row, &what, "response_bytes")?,
+    })
+}
+
+fn decode_file(row: &impl Columns) -> Result<FileRecord, StoreError> {
+    let id = row
+        .text("id")
+        .ok()
+        .flatten()
+        .ok_or_else(|| StoreError::Failed("a file row has no readable id".to_owned()))?;
+    let bad = |name: &str, detail: &dyn Display| {
+        StoreError::Failed(format!("file {id} cannot be read: {name}: {detail}"))
+    };
+    let maybe_text = |name: &str| row.text(name).map_err(|err| bad(name, &err));
+    let text = |name: &str| maybe_text(name)?.ok_or_else(|| bad(name, &"it is NULL"));
+    let integer = |name: &str| {
+        row.integer(name)
+            .map_err(|err| bad(name, &err))?
+            .ok_or_else(|| bad(name, &"it is NULL"))
+    };
+    let size = integer("size")?;
+    Ok(FileRecord {
+        connection: text("connection")?,
+        bucket: text("bucket")?,
+        key: text("key")?,
+        size: u64::try_from(size).map_err(|_| bad("size", &format_args!("{size} is negative")))?,
+        sha256: text("sha256")?,
+        content_type: text("content_type")?,
+        name: maybe_text("name")?,
+        origin: text("origin")?,
+        created_at: integer("created_at")?,
+        expires_at: integer("expires_at")?,
+        id,
     })
 }
 

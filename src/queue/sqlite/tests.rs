@@ -13,7 +13,7 @@ use tokio::sync::oneshot;
 
 use super::*;
 use crate::queue::Next;
-use crate::queue::contract::{T0, callout, finish, keyed, store_contract};
+use crate::queue::contract::{T0, callout, file, finish, keyed, store_contract};
 
 fn path(dir: &TempDir) -> std::path::PathBuf {
     dir.path().join("queue.db")
@@ -273,6 +273,37 @@ async fn two_results_for_one_callout_in_a_group_run_op_by_op() {
     assert_eq!(store.attempts("a").await.unwrap().len(), 1);
 }
 
+#[tokio::test]
+async fn duplicate_file_fails_alone_in_its_group() {
+    let (store, dir) = open_store().await;
+    store.insert_file(&file("f1", None, T0)).await.unwrap();
+    let mut writer = writer(&dir).await;
+    let (enqueue, enqueue_answer) = enqueue_op(vec![callout("c1", "acme", T0)]);
+    let (reply, duplicate_answer) = oneshot::channel();
+    let duplicate = Op::InsertFile(Job::new(file("f1", Some("other.pdf"), T0), reply));
+    let (reply, fresh_answer) = oneshot::channel();
+    let fresh = Op::InsertFile(Job::new(file("f2", None, T0), reply));
+    let (reply, deleted_answer) = oneshot::channel();
+    let delete = Op::DeleteFile(Job::new("f1".to_owned(), reply));
+
+    writer.commit_group(vec![enqueue, duplicate, fresh, delete]);
+
+    assert_eq!(
+        (writer.commits.load(Ordering::Relaxed), writer.fallbacks),
+        (1, 1)
+    );
+    assert_eq!(
+        duplicate_answer.await.unwrap().unwrap_err().to_string(),
+        "the store failed: record file f1: a file with this id exists already"
+    );
+    assert!(enqueue_answer.await.unwrap().is_ok());
+    assert!(fresh_answer.await.unwrap().is_ok());
+    assert!(deleted_answer.await.unwrap().unwrap());
+    assert!(store.get("c1").await.unwrap().is_some());
+    assert_eq!(store.file("f1").await.unwrap(), None);
+    assert_eq!(store.file("f2").await.unwrap(), Some(file("f2", None, T0)));
+}
+
 /// A writer whose database file cannot grow by more than a few pages.
 async fn cramped_writer(dir: &TempDir) -> Writer {
     let writer = writer(dir).await;
@@ -400,6 +431,28 @@ async fn enqueued_callout_survives_reopening() {
     reopened.close().await.unwrap();
     let again = SqliteStore::open(&url(&dir)).await.unwrap();
     assert!(again.get("c1").await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn file_reference_survives_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::open(&url(&dir)).await.unwrap();
+    let named = file("f1", Some("Rechnung für Müller.pdf"), T0 + 1_000);
+    let gone = file("f2", None, T0);
+    store.insert_file(&named).await.unwrap();
+    store.insert_file(&gone).await.unwrap();
+    assert!(store.delete_file("f2").await.unwrap());
+    store.close().await.unwrap();
+
+    let reopened = SqliteStore::open(&url(&dir)).await.unwrap();
+
+    assert_eq!(reopened.file("f1").await.unwrap(), Some(named.clone()));
+    assert_eq!(reopened.file("f2").await.unwrap(), None);
+    assert_eq!(
+        reopened.expired_files(T0 + 1_000, 10).await.unwrap(),
+        vec![named]
+    );
+    reopened.close().await.unwrap();
 }
 
 #[tokio::test]
@@ -580,6 +633,20 @@ async fn bulk_statements_touch_only_their_rows() {
 }
 
 #[tokio::test]
+async fn file_statements_go_by_key_or_by_expiry() {
+    let (_store, dir) = open_store().await;
+    let by_id = ["SEARCH files USING INDEX sqlite_autoindex_files_1 (id=?)"];
+
+    assert_eq!(explain(&dir, sql::FILE).await, by_id);
+    assert_eq!(explain(&dir, sql::DELETE_FILE).await, by_id);
+    // In index order: no sort, and it stops at the limit.
+    assert_eq!(
+        explain(&dir, sql::EXPIRED_FILES).await,
+        ["SEARCH files USING INDEX files_by_expiry (expires_at<?)"]
+    );
+}
+
+#[tokio::test]
 async fn list_pages_through_an_index() {
     let (_store, dir) = open_store().await;
     let query = |status: Option<Status>, function: Option<&str>| ListQuery {
@@ -680,5 +747,56 @@ async fn a_journal_written_before_failover_is_kept_with_its_connection() {
         assert_eq!(entry.connection, "acme");
         assert_eq!(entry.http_status, Some(status));
     }
+    store.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_database_from_before_files_upgrades_and_keeps_its_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut before = SqliteConnectOptions::new()
+        .filename(path(&dir))
+        .create_if_missing(true)
+        .connect()
+        .await
+        .unwrap();
+    // The schema of the second version (failover and engine state), with a callout and a
+    // value kept between runs.
+    MIGRATOR.run_to(2, &mut before).await.unwrap();
+    sqlx::query(
+        "INSERT INTO callouts (id, function, connection, input, idempotency_key, request_hash,
+             status, attempts, series, series_attempts, series_started_at, created_at,
+             updated_at, next_attempt_at, claimed_at, lease_expires_at, result)
+         VALUES ('c1', 'acme.send', 'acme', '{}', NULL, '', 'queued', 0, 0, 0, 1, 1, 1,
+             1, NULL, NULL, NULL)",
+    )
+    .execute(&mut before)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO engine_state (key, value, updated_at)
+         VALUES ('oauth2.refresh_token:crm', '{\"token\":\"kept\"}', 1)",
+    )
+    .execute(&mut before)
+    .await
+    .unwrap();
+    before.close().await.unwrap();
+
+    let store = SqliteStore::open(&url(&dir)).await.unwrap();
+
+    assert_eq!(
+        store.get("c1").await.unwrap().map(|c| c.status),
+        Some(Status::Queued)
+    );
+    assert_eq!(
+        store
+            .state("oauth2.refresh_token:crm")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(r#"{"token":"kept"}"#)
+    );
+    let record = file("f1", Some("notes.txt"), T0);
+    store.insert_file(&record).await.unwrap();
+    assert_eq!(store.file("f1").await.unwrap(), Some(record));
     store.close().await.unwrap();
 }

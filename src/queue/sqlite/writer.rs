@@ -18,8 +18,8 @@ use super::{
     unreadable,
 };
 use crate::queue::{
-    Callout, Claimed, Enqueued, Finish, Finished, Millis, NewCallout, Next, Status, StoreError,
-    Transition,
+    Callout, Claimed, Enqueued, FileRecord, Finish, Finished, Millis, NewCallout, Next, Status,
+    StoreError, Transition,
 };
 
 /// Where the writer sends one operation's answer.
@@ -84,6 +84,9 @@ pub(super) enum Op {
     Cancel(Job<(String, Millis), Transition>),
     /// key, value, now
     SetState(Job<(String, String, Millis), ()>),
+    InsertFile(Job<FileRecord, ()>),
+    /// id
+    DeleteFile(Job<String, bool>),
 }
 
 #[derive(Debug)]
@@ -152,6 +155,14 @@ impl Op {
                 let result = set_state(conn, key, value, *now);
                 job.keep(result)
             }
+            Op::InsertFile(job) => {
+                let result = insert_file(conn, &job.request);
+                job.keep(result)
+            }
+            Op::DeleteFile(job) => {
+                let result = delete_file(conn, &job.request);
+                job.keep(result)
+            }
         }
     }
 
@@ -168,6 +179,8 @@ impl Op {
             Op::Replay(job) => job.answer(group_failure),
             Op::Cancel(job) => job.answer(group_failure),
             Op::SetState(job) => job.answer(group_failure),
+            Op::InsertFile(job) => job.answer(group_failure),
+            Op::DeleteFile(job) => job.answer(group_failure),
         }
     }
 }
@@ -880,6 +893,48 @@ fn set_state(conn: &Connection, key: &str, value: &str, now: Millis) -> Result<(
         .and_then(|mut set| set.execute(params![key, value, now]))
         .map_err(|err| store_error(format_args!("keep engine state {key}"), err))?;
     Ok(())
+}
+
+fn insert_file(conn: &Connection, file: &FileRecord) -> Result<(), StoreError> {
+    let id = &file.id;
+    let size = i64::try_from(file.size).map_err(|_| {
+        StoreError::Failed(format!(
+            "record file {id}: its size {} is out of range",
+            file.size
+        ))
+    })?;
+    let inserted = conn
+        .prepare_cached(sql::INSERT_FILE)
+        .and_then(|mut insert| {
+            insert.execute(params![
+                id,
+                file.connection,
+                file.bucket,
+                file.key,
+                size,
+                file.sha256,
+                file.content_type,
+                file.name,
+                file.origin,
+                file.created_at,
+                file.expires_at
+            ])
+        })
+        .map_err(|err| store_error(format_args!("record file {id}"), err))?;
+    if inserted == 0 {
+        return Err(StoreError::Failed(format!(
+            "record file {id}: a file with this id exists already"
+        )));
+    }
+    Ok(())
+}
+
+fn delete_file(conn: &Connection, id: &str) -> Result<bool, StoreError> {
+    let deleted = conn
+        .prepare_cached(sql::DELETE_FILE)
+        .and_then(|mut delete| delete.execute([id]))
+        .map_err(|err| store_error(format_args!("forget file {id}"), err))?;
+    Ok(deleted == 1)
 }
 
 /// Runs a guarded status change (`statement` takes `?1` id and `?2` now, and returns the row

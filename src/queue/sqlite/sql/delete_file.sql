@@ -1,0 +1,2 @@
+-- ?1 id
+DELETE FROM files WHERE id = ?1

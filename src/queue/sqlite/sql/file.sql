@@ -1,0 +1,2 @@
+-- ?1 id
+SELECT * FROM files WHERE id = ?1
