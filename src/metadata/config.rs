@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use schemars::JsonSchema;
 use serde::Deserialize;
 
-use super::values::{HumanDuration, Rate, SecretRef, SettingValue};
+use super::values::{ByteSize, HumanDuration, Rate, SecretRef, SettingValue};
 
 /// A REST connection: an HTTP API reached at `endpoint`.
 #[derive(Debug, Clone, Deserialize, JsonSchema)]
@@ -38,6 +38,10 @@ pub struct RestConnectionConfig {
     /// Plain, non-secret values the templates read as `settings.NAME`, like
     /// `{ account_id: A-17, api_version: "2024-01" }`. Secrets belong under `auth`.
     pub settings: Option<BTreeMap<String, SettingValue>>,
+    /// A successful answer's body larger than this is streamed to the files bucket (the `s3`
+    /// connection with `files:`) and the result holds a reference to it, like `4MB`; at least
+    /// `1KB`. Without a files bucket, bodies stay in the store. Default `1MB`.
+    pub offload_threshold: Option<ByteSize>,
     /// Rate, concurrency and time limits.
     pub limits: Option<LimitsConfig>,
     /// How failed calls are retried.
@@ -75,6 +79,10 @@ pub struct SoapConnectionConfig {
     /// Plain, non-secret values the body template reads as `settings.NAME`, like
     /// `{ company_code: "1000" }`. Secrets belong under `auth` or `ws_security`.
     pub settings: Option<BTreeMap<String, SettingValue>>,
+    /// A successful answer's body larger than this is streamed to the files bucket (the `s3`
+    /// connection with `files:`) and the result holds a reference to it, like `4MB`; at least
+    /// `1KB`. Without a files bucket, bodies stay in the store. Default `1MB`.
+    pub offload_threshold: Option<ByteSize>,
     /// Rate, concurrency and time limits.
     pub limits: Option<LimitsConfig>,
     /// How failed calls are retried.
@@ -111,6 +119,13 @@ pub struct S3ConnectionConfig {
     pub server_side_encryption: Option<ServerSideEncryption>,
     /// KMS key id, with `server_side_encryption: aws:kms`.
     pub kms_key_id: Option<String>,
+    /// When request checksums are sent: `when_supported` (default: on every request that
+    /// supports one) or `when_required` (only where the operation needs one, for S3-compatible
+    /// servers that refuse the newer checksum headers).
+    pub checksums: Option<S3Checksums>,
+    /// Makes this bucket the files bucket: the one that takes `POST /v1/files` uploads and the
+    /// bodies offloaded from results. At most one connection may have it. Default: none.
+    pub files: Option<FilesConfig>,
     /// Allow an endpoint on loopback, private and link-local addresses. Default `false`.
     pub allow_private_network: Option<bool>,
     /// Credentials: `type: aws` with static keys by secret reference, or without keys to use
@@ -177,6 +192,10 @@ pub struct RestFunctionConfig {
     pub headers: Option<BTreeMap<String, String>>,
     /// JSON body; every string in it is a template (`"{{ input.amount }}"`).
     pub body: Option<serde_json::Value>,
+    /// The id of a stored file to send as the body, a template like `"{{ input.file_id }}"`:
+    /// its bytes are streamed from the files bucket with its content type. Instead of `body`;
+    /// not with `GET`, `HEAD` or `pagination`.
+    pub body_file: Option<String>,
     /// JSON Schema the callout's input must satisfy. Every `input.X` a template uses must be
     /// declared in its `properties`. Default: an object with no declared fields.
     pub input_schema: Option<serde_json::Value>,
@@ -296,12 +315,40 @@ pub struct S3FunctionConfig {
     pub expires: Option<HumanDuration>,
     /// Content type for `put`.
     pub content_type: Option<String>,
+    /// For `put`, and required there: the id of the stored file whose bytes are put, a
+    /// template like `"{{ input.file_id }}"`.
+    pub file: Option<String>,
     /// JSON Schema the callout's input must satisfy.
     pub input_schema: Option<serde_json::Value>,
     /// JSON Schema the mapped result must satisfy.
     pub output_schema: Option<serde_json::Value>,
     /// Output mapping: result field → JSON Pointer into the operation's result.
     pub output: Option<BTreeMap<String, String>>,
+}
+
+/// The `files:` block of an `s3` connection: how its bucket takes uploads and keeps the
+/// references it hands out. Object keys are generated (`<key_prefix><yyyy>/<mm>/<dd>/<id>`),
+/// never taken from a file's name.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Prefix of every generated key: empty, or ending with `/`; letters, digits and
+    /// `!_.*'()/-`, like `crm/files/`. Default `files/`.
+    pub key_prefix: Option<String>,
+    /// Largest file taken, like `100MB`; at most `5120GB` (5 TiB). Default `5GB`.
+    pub max_size: Option<ByteSize>,
+    /// Bytes a part of a multipart upload, and the size above which one is used: `5MB` to
+    /// `512MB`. Default `8MB`.
+    pub part_size: Option<ByteSize>,
+    /// Content types an upload may have, in lowercase: `type/subtype`, `type/*`, a subtype
+    /// family like `application/vnd.oasis.opendocument.*`, or `*/*` for any, like
+    /// `[application/pdf, image/*]`. Default: common document, image, text and archive types.
+    pub content_types: Option<Vec<String>>,
+    /// Lifetime of a presigned download link, `1s` to `7d`. Default `15m`.
+    pub link_ttl: Option<HumanDuration>,
+    /// How long a stored file's reference lives; then the object is deleted. At least `1m`.
+    /// Default `30d`.
+    pub retention: Option<HumanDuration>,
 }
 
 /// One operation of a plugin connection.

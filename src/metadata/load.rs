@@ -1,8 +1,8 @@
 //! Loads a metadata folder: every `*.yaml` and `*.yml` below it, several documents a file.
 //!
 //! Loading never panics on bad input and never stops at the first problem: each file is parsed,
-//! each document checked, and the cross-checks (duplicate connection names) run over all of
-//! them. The result is either the whole [`Metadata`] or every [`Problem`], sorted by file and
+//! each document checked, and the cross-checks (duplicate connection names, fallbacks, the one
+//! files bucket) run over all of them. The result is either the whole [`Metadata`] or every [`Problem`], sorted by file and
 //! position.
 
 use std::collections::BTreeMap;
@@ -131,6 +131,8 @@ impl Loader {
         let mut first_seen: BTreeMap<String, (PathBuf, Pos)> = BTreeMap::new();
         // Each function's fallbacks, checked once every connection is known.
         let mut fallbacks: Vec<(PathBuf, Pos, FieldPath, FunctionRef)> = Vec::new();
+        // The connection with the first `files:` block, and where that key is.
+        let mut files_bucket: Option<(String, PathBuf, Pos)> = None;
         for (file, text) in files {
             let text = match text {
                 Ok(text) => text,
@@ -196,6 +198,20 @@ impl Loader {
                     continue;
                 }
                 first_seen.insert(name.to_string(), (file.clone(), name_pos));
+                if let Some(files_pos) = files_key(&node) {
+                    match &files_bucket {
+                        Some((first, first_file, first_pos)) => problems.push(Problem::new(
+                            &file,
+                            files_pos,
+                            &prefix.key("files"),
+                            format!(
+                                "a second files bucket: connection `{first}` already has `files:` at {}:{first_pos}; expected `files:` on one s3 connection only",
+                                first_file.display()
+                            ),
+                        )),
+                        None => files_bucket = Some((name.to_string(), file.clone(), files_pos)),
+                    }
+                }
                 if let Some(conn) = checked.connection {
                     for (fname, f) in &conn.functions {
                         for (i, target) in f.fallback.iter().enumerate() {
@@ -263,6 +279,16 @@ fn fallback_problem(
             names.join(", ")
         }
     ))
+}
+
+/// Where an s3 document's `files` key is, if it has a `files:` block.
+fn files_key(node: &Node) -> Option<Pos> {
+    if node.get("type").and_then(|e| e.value.as_str()) != Some("s3") {
+        return None;
+    }
+    node.get("files")
+        .filter(|e| e.value.value != yaml::Value::Null)
+        .map(|e| e.key_pos)
 }
 
 /// `connections.NAME` for a document (nothing while it has no name), and where its name is.

@@ -4,13 +4,14 @@
 //! field path relative to the document; the loader turns paths into file positions.
 
 use std::collections::{BTreeMap, HashSet};
+use std::time::Duration;
 
 use serde::de::DeserializeOwned;
 use switchboard_sdk::{ConnectorType, PathSegment};
 use url::Url;
 
 use super::config::{
-    AuthConfig, AuthKind, BreakerConfig, ExpiredWhenConfig, HttpMethod, LimitsConfig,
+    AuthConfig, AuthKind, BreakerConfig, ExpiredWhenConfig, FilesConfig, HttpMethod, LimitsConfig,
     OAuth2ClientAuth, PaginationConfig, PaginationKind, PluginConnectionConfig,
     RestConnectionConfig, RetryConfig, S3ConnectionConfig, S3Operation, SoapConnectionConfig,
     SoapVersion, WsPasswordType,
@@ -19,12 +20,12 @@ use super::de::{self, DeError};
 use super::helpers;
 use super::model::Settings;
 use super::model::{
-    Auth, AwsKeys, BreakerPolicy, Connection, ExpiredWhen, Function, FunctionRef, JsonSchema,
-    Limits, OAuth2Options, PageLink, Pagination, Protocol, Request, RetryPolicy, SecretUse, Source,
-    WsSecurity,
+    Auth, AwsKeys, BreakerPolicy, Connection, DEFAULT_OFFLOAD_THRESHOLD, ExpiredWhen, FilesPolicy,
+    Function, FunctionRef, JsonSchema, Limits, OAuth2Options, PageLink, Pagination, Protocol,
+    Request, RetryPolicy, SecretUse, Source, WsSecurity,
 };
 use super::problem::{FieldPath, FieldProblem, Seg, list, suggestion};
-use super::values::{SecretRef, SettingValue};
+use super::values::{ByteSize, HumanDuration, SecretRef, SettingValue};
 use super::yaml::{Node, Pos, Value, quote};
 
 /// The connection types built into the engine.
@@ -44,6 +45,28 @@ const HELPER_FILTERS: [&str; 6] = [
     "timeformat",
     "urlencode",
 ];
+
+/// The smallest `offload_threshold`: below it, nearly every answer would be offloaded.
+pub const MIN_OFFLOAD_THRESHOLD: u64 = ByteSize::KIB;
+
+/// The largest object S3 stores, and so the largest `files.max_size`.
+const MAX_OBJECT_SIZE: u64 = 5 * ByteSize::TIB;
+
+/// Bounds of `files.part_size`: S3's smallest part, and what Switchboard holds in memory.
+const MIN_PART_SIZE: u64 = 5 * ByteSize::MIB;
+const MAX_PART_SIZE: u64 = 512 * ByteSize::MIB;
+
+/// Parts one S3 multipart upload may have.
+const MAX_PARTS: u64 = 10_000;
+
+/// Bounds of `files.link_ttl` (S3 signs links for at most 7 days) and of `files.retention`.
+const MIN_LINK_TTL: Duration = Duration::from_secs(1);
+const MAX_LINK_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+const MIN_RETENTION: Duration = Duration::from_secs(60);
+
+/// The message for an empty `body_file` or `file`.
+const FILE_ID_EMPTY: &str =
+    "an empty template gives no file id; expected a template like \"{{ input.file_id }}\"";
 
 /// Looks up connection types added by plugins.
 pub trait TypeLookup {
@@ -229,6 +252,7 @@ impl Cx {
             c.headers.as_ref(),
         );
         self.settings = Some(self.settings(c.settings.as_ref()));
+        let offload_threshold = self.offload_threshold(c.offload_threshold);
         let idempotency_header = c
             .idempotency_header
             .unwrap_or_else(|| "Idempotency-Key".to_string());
@@ -266,6 +290,34 @@ impl Cx {
             if let Some(body) = &f.body {
                 collect_strings(body, &at.key("body"), &mut templates);
             }
+            if let Some(file) = &f.body_file {
+                let here = at.key("body_file");
+                if f.body.is_some() {
+                    self.push(
+                        here.clone(),
+                        "`body_file` and `body` both give the request body; expected one of them",
+                    );
+                }
+                let method = f.method.unwrap_or(HttpMethod::Get);
+                if f.pagination.is_some() {
+                    self.push(here.clone(), "`body_file` does not go with `pagination`: each page is a `GET` without a body; expected one of them");
+                } else if matches!(method, HttpMethod::Get | HttpMethod::Head) {
+                    let default = if f.method.is_none() {
+                        " (the default)"
+                    } else {
+                        ""
+                    };
+                    self.push(
+                        here.clone(),
+                        format!("a `{}` request{default} has no body to send a file in; expected `method: POST`, `PUT` or `PATCH` with `body_file`", method.as_str()),
+                    );
+                }
+                if file.trim().is_empty() {
+                    self.push(here, FILE_ID_EMPTY);
+                } else {
+                    templates.push((here, file.as_str()));
+                }
+            }
             self.templates(&templates, input.as_ref());
             let fallback = self.fallback(&at.key("fallback"), &fname, f.fallback.as_deref());
             let output_map = self.output_map(&at.key("output"), f.output.as_ref());
@@ -290,7 +342,7 @@ impl Cx {
                             headers: f.headers.unwrap_or_default().into_iter().collect(),
                             body: f.body,
                             pagination,
-                            body_file: None,
+                            body_file: f.body_file,
                         },
                         input_schema: input,
                         output_schema: output,
@@ -313,7 +365,7 @@ impl Cx {
             limits: common.limits,
             retry: common.retry,
             breaker: common.breaker,
-            offload_threshold: crate::metadata::model::DEFAULT_OFFLOAD_THRESHOLD,
+            offload_threshold,
             protocol: Protocol::Rest {
                 idempotency_header,
                 settings: self.settings.take().unwrap_or_default(),
@@ -336,6 +388,7 @@ impl Cx {
             c.headers.as_ref(),
         );
         self.settings = Some(self.settings(c.settings.as_ref()));
+        let offload_threshold = self.offload_threshold(c.offload_threshold);
         let ws_security = c.ws_security.as_ref().map(|ws| {
             let at = root.key("ws_security");
             if ws.username.starts_with("${") {
@@ -395,7 +448,7 @@ impl Cx {
             limits: common.limits,
             retry: common.retry,
             breaker: common.breaker,
-            offload_threshold: crate::metadata::model::DEFAULT_OFFLOAD_THRESHOLD,
+            offload_threshold,
             protocol: Protocol::Soap {
                 version: c.soap_version.unwrap_or(SoapVersion::V1_1),
                 ws_security,
@@ -429,6 +482,10 @@ impl Cx {
         {
             self.push(root.key("kms_key_id"), "`kms_key_id` applies only with `server_side_encryption: aws:kms`; expected that setting too");
         }
+        let files = c
+            .files
+            .as_ref()
+            .and_then(|f| self.files(&root.key("files"), f));
         let mut functions = BTreeMap::new();
         for (fname, f) in c.functions.unwrap_or_default() {
             let at = root.key("functions").key(&fname);
@@ -451,6 +508,25 @@ impl Cx {
             if let Some(prefix) = &f.prefix {
                 templates.push((at.key("prefix"), prefix.as_str()));
             }
+            match (&f.file, f.operation) {
+                (None, S3Operation::Put) => self.problems.push(FieldProblem::missing(
+                    at.clone(),
+                    "file",
+                    "missing required key `file` for operation `put`; expected the id of a stored file, a template like \"{{ input.file_id }}\"",
+                )),
+                (Some(file), S3Operation::Put) if file.trim().is_empty() => {
+                    self.push(at.key("file"), FILE_ID_EMPTY);
+                }
+                (Some(file), S3Operation::Put) => templates.push((at.key("file"), file.as_str())),
+                (Some(_), op) => self.problems.push(FieldProblem::at_key(
+                    at.key("file"),
+                    format!(
+                        "`file` applies to operation `put` only; expected no `file` for operation `{}`",
+                        s3_op_name(op)
+                    ),
+                )),
+                (None, _) => {}
+            }
             self.templates(&templates, input.as_ref());
             let fallback = Vec::new();
             let output_map = self.output_map(&at.key("output"), f.output.as_ref());
@@ -468,7 +544,7 @@ impl Cx {
                                 .expires
                                 .map_or(std::time::Duration::from_secs(900), |d| d.0),
                             content_type: f.content_type,
-                            file: None,
+                            file: f.file,
                         },
                         input_schema: input,
                         output_schema: output,
@@ -491,15 +567,15 @@ impl Cx {
             limits: common.limits,
             retry: common.retry,
             breaker: common.breaker,
-            offload_threshold: crate::metadata::model::DEFAULT_OFFLOAD_THRESHOLD,
+            offload_threshold: DEFAULT_OFFLOAD_THRESHOLD,
             protocol: Protocol::S3 {
                 bucket: c.bucket,
                 region: c.region.unwrap_or_else(|| "us-east-1".to_string()),
                 path_style: c.path_style.unwrap_or(false),
                 server_side_encryption: c.server_side_encryption,
                 kms_key_id: c.kms_key_id,
-                checksums: Default::default(),
-                files: None,
+                checksums: c.checksums.unwrap_or_default(),
+                files,
             },
             functions,
             secrets: Vec::new(),
@@ -573,7 +649,7 @@ impl Cx {
             limits: common.limits,
             retry: common.retry,
             breaker: common.breaker,
-            offload_threshold: crate::metadata::model::DEFAULT_OFFLOAD_THRESHOLD,
+            offload_threshold: DEFAULT_OFFLOAD_THRESHOLD,
             protocol: Protocol::Plugin { settings },
             functions,
             secrets: Vec::new(),
@@ -633,6 +709,123 @@ impl Cx {
             retry: retry?,
             breaker: breaker?,
             headers: header_list,
+        })
+    }
+
+    /// A REST or SOAP connection's `offload_threshold`, at least [`MIN_OFFLOAD_THRESHOLD`].
+    fn offload_threshold(&mut self, size: Option<ByteSize>) -> u64 {
+        let threshold = size.map_or(DEFAULT_OFFLOAD_THRESHOLD, |s| s.0);
+        if threshold < MIN_OFFLOAD_THRESHOLD {
+            self.push(
+                FieldPath::root().key("offload_threshold"),
+                format!(
+                    "an offload threshold of {} would send nearly every answer to the files bucket; expected at least {}, like \"1MB\"",
+                    ByteSize(threshold),
+                    ByteSize(MIN_OFFLOAD_THRESHOLD)
+                ),
+            );
+        }
+        threshold
+    }
+
+    /// Checks the `files:` block of an S3 connection (at `at`) and fills in its defaults.
+    fn files(&mut self, at: &FieldPath, f: &FilesConfig) -> Option<FilesPolicy> {
+        let before = self.problems.len();
+        let d = FilesPolicy::default();
+        if let Some(prefix) = &f.key_prefix
+            && let Some(message) = key_prefix_problem(prefix)
+        {
+            self.push(at.key("key_prefix"), message);
+        }
+        let max_size = f.max_size.map_or(d.max_size, |s| s.0);
+        if max_size == 0 {
+            self.push(
+                at.key("max_size"),
+                "a largest file of 0B takes no file; expected at least 1 byte, like \"100MB\"",
+            );
+        } else if max_size > MAX_OBJECT_SIZE {
+            self.push(
+                at.key("max_size"),
+                format!(
+                    "{} is more than S3 keeps in one object; expected at most {} (5 TiB), like \"5GB\"",
+                    ByteSize(max_size),
+                    ByteSize(MAX_OBJECT_SIZE)
+                ),
+            );
+        }
+        let part_size = f.part_size.map_or(d.part_size, |s| s.0);
+        let part_sizes = MIN_PART_SIZE..=MAX_PART_SIZE;
+        if !part_sizes.contains(&part_size) {
+            self.push(
+                at.key("part_size"),
+                format!(
+                    "{} is not a part size Switchboard uses: S3 takes parts of 5MB or more, and a few parts are held in memory at once; expected {} to {}, like \"8MB\"",
+                    ByteSize(part_size),
+                    ByteSize(MIN_PART_SIZE),
+                    ByteSize(MAX_PART_SIZE)
+                ),
+            );
+        } else if (1..=MAX_OBJECT_SIZE).contains(&max_size)
+            && max_size.div_ceil(part_size) > MAX_PARTS
+        {
+            let key = if f.max_size.is_some() {
+                "max_size"
+            } else {
+                "part_size"
+            };
+            self.push(
+                at.key(key),
+                format!(
+                    "a file of `max_size` ({}) takes more than {MAX_PARTS} parts of `part_size` ({}), the most one S3 upload may have; expected a `max_size` of at most {}, or a larger `part_size`",
+                    ByteSize(max_size),
+                    ByteSize(part_size),
+                    ByteSize(part_size * MAX_PARTS)
+                ),
+            );
+        }
+        if let Some(types) = &f.content_types {
+            if types.is_empty() {
+                self.push(
+                    at.key("content_types"),
+                    "an empty list takes no upload; expected content types like `[application/pdf, image/*]`, or `[\"*/*\"]` for any",
+                );
+            }
+            for (i, pattern) in types.iter().enumerate() {
+                if let Some(message) = content_type_problem(pattern) {
+                    self.push(at.key("content_types").index(i), message);
+                }
+            }
+        }
+        let link_ttl = f.link_ttl.map_or(d.link_ttl, |t| t.0);
+        if !(MIN_LINK_TTL..=MAX_LINK_TTL).contains(&link_ttl) {
+            self.push(
+                at.key("link_ttl"),
+                format!(
+                    "a link lifetime of {} is not one S3 signs; expected 1s to 7d, like \"15m\"",
+                    HumanDuration(link_ttl)
+                ),
+            );
+        }
+        let retention = f.retention.map_or(d.retention, |t| t.0);
+        if retention < MIN_RETENTION {
+            self.push(
+                at.key("retention"),
+                format!(
+                    "a retention of {} would delete files before they can be read; expected at least 1m, like \"30d\"",
+                    HumanDuration(retention)
+                ),
+            );
+        }
+        if self.problems.len() > before {
+            return None;
+        }
+        Some(FilesPolicy {
+            key_prefix: f.key_prefix.clone().unwrap_or(d.key_prefix),
+            max_size,
+            part_size,
+            content_types: f.content_types.clone().unwrap_or(d.content_types),
+            link_ttl,
+            retention,
         })
     }
 
@@ -1659,6 +1852,70 @@ fn auth_key_example(key: &str) -> &'static str {
         "token_url" => "a URL, like \"https://login.example.com/oauth2/token\"",
         _ => "a secret reference, like \"${env:NAME}\"",
     }
+}
+
+/// What is wrong with a files bucket's `key_prefix`, if anything: it must be empty or end with
+/// `/`, hold only characters safe in S3 keys, and neither start with `/` nor contain `..`.
+fn key_prefix_problem(prefix: &str) -> Option<String> {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "!_.*'()/-".contains(c);
+    if let Some(c) = prefix.chars().find(|c| !safe(*c)) {
+        return Some(format!(
+            "{} holds the character {c:?}, which is not safe in an S3 key; expected letters, digits and `!_.*'()/-`, like \"crm/files/\"",
+            quote(prefix)
+        ));
+    }
+    if prefix.starts_with('/') {
+        return Some(format!(
+            "{} starts with `/`, which gives every key an empty first segment; expected a prefix without it, like \"files/\"",
+            quote(prefix)
+        ));
+    }
+    if prefix.contains("..") {
+        return Some(format!(
+            "{} contains `..`; expected a prefix without it, like \"files/\"",
+            quote(prefix)
+        ));
+    }
+    if !prefix.is_empty() && !prefix.ends_with('/') {
+        return Some(format!(
+            "{} does not end with `/`; expected \"{prefix}/\", or \"\" for keys without a prefix",
+            quote(prefix)
+        ));
+    }
+    None
+}
+
+/// What is wrong with an entry of a files bucket's `content_types`, if anything: it must be
+/// `*/*`, or a lowercase `type/subtype`, `type/*` or `type/family.*`.
+fn content_type_problem(pattern: &str) -> Option<String> {
+    if pattern == "*/*" {
+        return None;
+    }
+    let token = |s: &str| {
+        s.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+            && s.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"!#$&^_.+-".contains(&b))
+    };
+    let subtype = |s: &str| s == "*" || token(s) || s.strip_suffix(".*").is_some_and(&token);
+    let usable = |p: &str| {
+        p.split_once('/')
+            .is_some_and(|(t, s)| token(t) && subtype(s))
+    };
+    if usable(pattern) {
+        return None;
+    }
+    let lower = pattern.to_ascii_lowercase();
+    if usable(&lower) {
+        return Some(format!(
+            "{} is not lowercase; expected {}",
+            quote(pattern),
+            quote(&lower)
+        ));
+    }
+    Some(format!(
+        "{} is not a content type; expected `type/subtype`, `type/*` or \"*/*\", like \"application/pdf\" or \"image/*\"",
+        quote(pattern)
+    ))
 }
 
 fn s3_op_name(op: S3Operation) -> &'static str {

@@ -1,6 +1,6 @@
-//! Small value types of the metadata: rates, human durations and secret references.
+//! Small value types of the metadata: rates, human durations, byte sizes and secret references.
 //!
-//! Each parses from the text an admin writes (`10/s`, `30s`, `${env:TOKEN}`) and refuses
+//! Each parses from the text an admin writes (`10/s`, `30s`, `1MB`, `${env:TOKEN}`) and refuses
 //! anything else with a message that shows a correct example. A [`Secret`] never shows its
 //! value in `Debug` or `Display`; a [`SecretRef`] is only the reference, never the value.
 
@@ -169,6 +169,136 @@ impl JsonSchema for HumanDuration {
             "pattern": "^\\s*([0-9]+(ms|s|m|h|d))+\\s*$",
             "description": "A duration like `500ms`, `30s`, `10m`, `2h`, `1d` or `1m30s`.",
             "examples": ["30s", "10m"]
+        })
+    }
+}
+
+/// A size in bytes written the way PostgreSQL takes it: `1048576`, `512B`, `64KB`, `1MB`,
+/// `5GB`, or with a decimal point when that makes whole bytes (`1.5MB`). Units are powers of
+/// 1024, so `KB`, `kB` and `KiB` are all 1024 bytes (`MB`/`MiB`, `GB`/`GiB` alike).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+const SIZE_EXPECTED: &str = "expected a number of bytes or <number><B|KB|MB|GB>, like \"1MB\"";
+
+impl ByteSize {
+    pub const KIB: u64 = 1024;
+    pub const MIB: u64 = 1024 * 1024;
+    pub const GIB: u64 = 1024 * 1024 * 1024;
+    pub const TIB: u64 = 1024 * 1024 * 1024 * 1024;
+
+    /// Parses `1048576`, `512B`, `64KB`, `64KiB`, `64kB`, `1 MB`, `1.5MB`, `5GiB`.
+    ///
+    /// # Errors
+    /// A message naming the bad text and showing the expected form.
+    pub fn parse(text: &str) -> Result<ByteSize, String> {
+        let bad = || format!("{} is not a size; {SIZE_EXPECTED}", quote(text));
+        let s = text.trim();
+        let number_len = s
+            .bytes()
+            .take_while(|b| b.is_ascii_digit() || *b == b'.')
+            .count();
+        let (number, unit) = s.split_at(number_len);
+        // The unit as a power of two.
+        let shift: u32 = match unit.trim_start() {
+            "" | "B" => 0,
+            "KB" | "kB" | "KiB" => 10,
+            "MB" | "MiB" => 20,
+            "GB" | "GiB" => 30,
+            _ => return Err(bad()),
+        };
+        let (whole, fraction) = number.split_once('.').unwrap_or((number, ""));
+        let has_point = number.contains('.');
+        if whole.is_empty() || (has_point && fraction.is_empty()) || fraction.contains('.') {
+            return Err(bad());
+        }
+        let too_large = || format!("{} is too large a size; {SIZE_EXPECTED}", quote(text));
+        let whole: u64 = whole.parse().map_err(|_| too_large())?;
+        let whole = whole.checked_mul(1 << shift).ok_or_else(too_large)?;
+        // The fraction, exactly: `0.f × 2^shift` is whole only when the fraction, without its
+        // trailing zeros, has at most `shift` digits (1/2^k has k decimals) and `f` is a
+        // multiple of 5^digits; then it is `f / 5^digits × 2^(shift - digits)`.
+        let fraction = fraction.trim_end_matches('0');
+        let digits = u32::try_from(fraction.len()).unwrap_or(u32::MAX);
+        let part = if fraction.is_empty() {
+            0
+        } else {
+            let not_whole = || {
+                format!(
+                    "{} is not a whole number of bytes; {SIZE_EXPECTED}",
+                    quote(text)
+                )
+            };
+            if digits > shift {
+                return Err(not_whole());
+            }
+            let f: u128 = fraction.parse().map_err(|_| bad())?;
+            let five = 5u128.pow(digits);
+            if !f.is_multiple_of(five) {
+                return Err(not_whole());
+            }
+            // Below 2^shift, so it fits.
+            u64::try_from((f / five) << (shift - digits)).map_err(|_| bad())?
+        };
+        whole.checked_add(part).map(ByteSize).ok_or_else(too_large)
+    }
+}
+
+impl fmt::Display for ByteSize {
+    /// The largest unit that shows the size exactly: `1MB`, `1536KB`, `100B`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, size) in [("GB", Self::GIB), ("MB", Self::MIB), ("KB", Self::KIB)] {
+            if n > 0 && n.is_multiple_of(size) {
+                return write!(f, "{}{unit}", n / size);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Size;
+        impl de::Visitor<'_> for Size {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size, like \"1MB\"")
+            }
+
+            fn visit_u64<E: de::Error>(self, n: u64) -> Result<ByteSize, E> {
+                Ok(ByteSize(n))
+            }
+
+            fn visit_i64<E: de::Error>(self, n: i64) -> Result<ByteSize, E> {
+                self.visit_str(&n.to_string())
+            }
+
+            fn visit_f64<E: de::Error>(self, n: f64) -> Result<ByteSize, E> {
+                self.visit_str(&n.to_string())
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                ByteSize::parse(text).map_err(E::custom)
+            }
+        }
+        d.deserialize_str(Size)
+    }
+}
+
+impl JsonSchema for ByteSize {
+    fn schema_name() -> Cow<'static, str> {
+        "ByteSize".into()
+    }
+
+    fn json_schema(_: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": ["integer", "string"],
+            "minimum": 0,
+            "pattern": "^\\s*[0-9]+(\\.[0-9]+)?\\s*(B|KB|kB|KiB|MB|MiB|GB|GiB)?\\s*$",
+            "description": "A size: a number of bytes, or a number and a unit, `B`, `KB`, `MB` or `GB` (powers of 1024), like `512KB` or `1.5MB`.",
+            "examples": ["1MB", "64KB", 1048576]
         })
     }
 }
@@ -423,6 +553,68 @@ mod tests {
             Err("\"10 minutes\" is not a duration; expected <number><ms|s|m|h|d>, like \"30s\" or \"10m\"".into())
         );
         assert!(HumanDuration::parse("99999999999999999d").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_in_each_unit() {
+        let size = |text: &str| ByteSize::parse(text).map(|s| s.0);
+        assert_eq!(size("1048576"), Ok(1_048_576));
+        assert_eq!(size("512B"), Ok(512));
+        assert_eq!(size("64KB"), Ok(64 * 1024));
+        assert_eq!(size("64KiB"), Ok(64 * 1024));
+        assert_eq!(size("64kB"), Ok(64 * 1024));
+        assert_eq!(size("1MB"), Ok(1024 * 1024));
+        assert_eq!(size("1MiB"), Ok(1024 * 1024));
+        assert_eq!(size("5GB"), Ok(5 * 1024 * 1024 * 1024));
+        assert_eq!(size("5GiB"), Ok(5 * 1024 * 1024 * 1024));
+        assert_eq!(size(" 8 MB "), Ok(8 * 1024 * 1024));
+        assert_eq!(size("0"), Ok(0));
+    }
+
+    #[test]
+    fn sizes_take_decimals_that_make_whole_bytes() {
+        let size = |text: &str| ByteSize::parse(text).map(|s| s.0);
+        assert_eq!(size("1.5MB"), Ok(1_572_864));
+        assert_eq!(size("0.5KB"), Ok(512));
+        assert_eq!(size("2.50GB"), Ok(2_684_354_560));
+        assert_eq!(size("3.0B"), Ok(3));
+        assert_eq!(size("0.0009765625MB"), Ok(1024));
+        assert_eq!(
+            size("1.1KB"),
+            Err("\"1.1KB\" is not a whole number of bytes; expected a number of bytes or <number><B|KB|MB|GB>, like \"1MB\"".into())
+        );
+        assert!(size("1.5").is_err());
+        assert!(size("0.00000000000000000000000000000000001GB").is_err());
+    }
+
+    #[test]
+    fn sizes_refuse_other_text_with_an_example() {
+        assert_eq!(
+            ByteSize::parse("10 megs"),
+            Err("\"10 megs\" is not a size; expected a number of bytes or <number><B|KB|MB|GB>, like \"1MB\"".into())
+        );
+        for text in [
+            "", "MB", "-1", "1..5MB", "1.MB", ".5MB", "1mb", "5TB", "1MB2",
+        ] {
+            assert!(ByteSize::parse(text).is_err(), "{text:?} parsed");
+        }
+        assert_eq!(
+            ByteSize::parse("99999999999GB"),
+            Err("\"99999999999GB\" is too large a size; expected a number of bytes or <number><B|KB|MB|GB>, like \"1MB\"".into())
+        );
+    }
+
+    #[test]
+    fn sizes_print_in_the_largest_exact_unit() {
+        assert_eq!(ByteSize(1024 * 1024).to_string(), "1MB");
+        assert_eq!(ByteSize(1536).to_string(), "1536B");
+        assert_eq!(ByteSize(1_572_864).to_string(), "1536KB");
+        assert_eq!(ByteSize(5 * ByteSize::TIB).to_string(), "5120GB");
+        assert_eq!(ByteSize(100).to_string(), "100B");
+        assert_eq!(ByteSize(0).to_string(), "0B");
+        for size in [ByteSize(1), ByteSize(1536), ByteSize(3 * ByteSize::GIB)] {
+            assert_eq!(ByteSize::parse(&size.to_string()), Ok(size));
+        }
     }
 
     #[test]
