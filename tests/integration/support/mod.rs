@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 
 pub mod engine;
+pub mod s3;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
