@@ -88,7 +88,7 @@ use serde_json::{Value, json};
 use switchboard::controller::CallerAuth;
 use switchboard::metadata::Loader;
 use switchboard::queue::{
-    Attempt, Callout, Claimed, Enqueued, Finish, Finished, ListQuery, Millis, NewCallout, Next,
+    Attempt, Callout, Claimed, Enqueued, FileRecord, Finish, Finished, ListQuery, Millis, NewCallout, Next,
     SqliteStore, Status, Store, StoreError, Transition,
 };
 use switchboard::server::{self, Server, ServerConfig};
@@ -632,6 +632,18 @@ impl Store for Probe {
     }
     async fn set_state(&self, key: &str, value: &str, now: Millis) -> Result<(), StoreError> {
         self.inner.set_state(key, value, now).await
+    }
+    async fn insert_file(&self, file: &FileRecord) -> Result<(), StoreError> {
+        self.inner.insert_file(file).await
+    }
+    async fn file(&self, id: &str) -> Result<Option<FileRecord>, StoreError> {
+        self.inner.file(id).await
+    }
+    async fn expired_files(&self, now: Millis, limit: u32) -> Result<Vec<FileRecord>, StoreError> {
+        self.inner.expired_files(now, limit).await
+    }
+    async fn delete_file(&self, id: &str) -> Result<bool, StoreError> {
+        self.inner.delete_file(id).await
     }
 }
 

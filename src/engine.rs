@@ -383,13 +383,6 @@ impl Engine {
                 answers.push(Some(Err(Refusal::UnknownFunction(req.function))));
                 continue;
             };
-            if conn.type_name == "s3" {
-                answers.push(Some(Err(Refusal::NotRunnable(format!(
-                    "`{}` is on a connection of type {}, which cannot run callouts in this version yet",
-                    req.function, conn.type_name
-                )))));
-                continue;
-            }
             // `is_valid` stops at the first failure and builds no error; the failures are
             // collected only for input that has some.
             let validator = &function.input_schema.validator;

@@ -198,6 +198,19 @@ impl Files {
         }
     }
 
+    /// Deletes a file stored for nothing (its reference was never handed out): its object,
+    /// then its reference. A failure is logged; an object that cannot be deleted keeps its
+    /// reference, so that the sweep deletes both at expiry.
+    pub async fn discard(&self, record: &FileRecord) {
+        if let Err(err) = self.bucket.delete(&record.key).await {
+            tracing::warn!(file = %record.id, error = %err, "a discarded file's object could not be deleted; the sweep deletes it at expiry");
+            return;
+        }
+        if let Err(err) = self.store.delete_file(&record.id).await {
+            tracing::warn!(file = %record.id, error = %err, "a discarded file's reference could not be deleted; it expires with its retention");
+        }
+    }
+
     /// A file's reference, if it exists and has not expired at `now`.
     ///
     /// # Errors

@@ -310,6 +310,8 @@ impl S3Bucket {
                     upload.send(self, part).await?;
                 }
             }
+            // The end of the file for the scanner, which may finish while the rest goes up.
+            tap = None;
             let sha256 = hex::encode(hasher.finalize_reset());
             match multipart.take() {
                 None => {
@@ -415,6 +417,11 @@ impl S3Bucket {
             next_part: 1,
             sending: JoinSet::new(),
             done: Vec::new(),
+            pending: Some((
+                self.client().await.clone(),
+                self.bucket.clone(),
+                self.connection.clone(),
+            )),
         })
     }
 
@@ -534,13 +541,43 @@ impl S3Bucket {
     }
 }
 
-/// A multipart upload under way.
+/// A multipart upload under way. Dropped before it completed or was aborted (its upload
+/// cancelled, say by a deadline), it aborts itself in a task of its own, so the service drops
+/// the parts sent so far.
 struct Multipart {
     key: String,
     upload_id: String,
     next_part: i32,
     sending: JoinSet<Result<CompletedPart, S3Error>>,
     done: Vec<CompletedPart>,
+    /// What an abort from `Drop` needs; `None` once completed or aborted.
+    pending: Option<(Client, String, String)>,
+}
+
+impl Drop for Multipart {
+    fn drop(&mut self) {
+        let Some((client, bucket, connection)) = self.pending.take() else {
+            return;
+        };
+        self.sending.abort_all();
+        let (key, upload_id) = (self.key.clone(), self.upload_id.clone());
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(connection, key, "a cancelled multipart upload could not be aborted: no runtime; its parts stay until the bucket's lifecycle removes them");
+            return;
+        };
+        runtime.spawn(async move {
+            let aborted = client
+                .abort_multipart_upload()
+                .bucket(&bucket)
+                .key(&key)
+                .upload_id(&upload_id)
+                .send()
+                .await;
+            if let Err(err) = aborted {
+                tracing::warn!(connection, key, error = %DisplayErrorContext(&err), "a cancelled multipart upload could not be aborted; its parts stay until the bucket's lifecycle removes them");
+            }
+        });
+    }
 }
 
 impl Multipart {
@@ -623,14 +660,16 @@ impl Multipart {
             )
             .send()
             .await
-            .map(drop)
-            .map_err(|err| bucket.failed("completing the upload of", &self.key, &err))
+            .map_err(|err| bucket.failed("completing the upload of", &self.key, &err))?;
+        self.pending = None;
+        Ok(())
     }
 
     /// Stops the parts in flight and aborts the upload, so the service drops its parts. A
     /// failed abort is logged: the bucket's lifecycle rule for incomplete uploads is the
     /// backstop.
     async fn abort(mut self, bucket: &S3Bucket) {
+        self.pending = None;
         self.sending.abort_all();
         while self.sending.join_next().await.is_some() {}
         let aborted = bucket

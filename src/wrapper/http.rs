@@ -3,12 +3,15 @@
 //!
 //! An [`Upstream`] is one connection's HTTP side: its name, endpoint, client (made by
 //! [`net::http_client`]) and [`Redactor`]. [`Upstream::send`] bounds an attempt by the call's
-//! deadline from connect to last byte, a response body by [`MAX_BODY_BYTES`], and a
-//! `Retry-After` by [`MAX_RETRY_AFTER`]. A message never holds a secret: the request is never
-//! logged, reqwest's errors are reduced to their root cause (their text can hold the URL, and
-//! an api key may sit in its query), and every excerpt of an upstream's answer has the
-//! connection's secret values replaced by `***`.
+//! deadline from connect to last byte, a response body by [`MAX_BODY_BYTES`] (a successful
+//! one over the connection's offload threshold goes to the files bucket instead, when there is
+//! one), and a `Retry-After` by [`MAX_RETRY_AFTER`]. A message never holds a secret: the
+//! request is never logged, reqwest's errors are reduced to their root cause (their text can
+//! hold the URL, and an api key may sit in its query), and every excerpt of an upstream's
+//! answer has the connection's secret values replaced by `***`.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
@@ -17,10 +20,11 @@ use serde_json::Value;
 use switchboard_sdk::{CallError, ErrorKind, Outcome};
 use url::Url;
 
-use super::{net, xml};
+use super::{files, net, xml};
 use crate::metadata::config::ApiKeyLocation;
 use crate::metadata::model::{Auth, Connection, JsonSchema};
 use crate::metadata::values::{Secret, SecretRef};
+use crate::offload::Files;
 
 /// Largest response body read.
 pub const MAX_BODY_BYTES: u64 = 10 * 1024 * 1024;
@@ -42,6 +46,11 @@ pub(super) struct Upstream {
     pub allow_private: bool,
     pub client: reqwest::Client,
     pub redactor: Redactor,
+    /// The files bucket, when the metadata has one: large answers go there (see
+    /// [`Upstream::send`]), and REST's `body_file` comes from there.
+    pub files: Option<Arc<Files>>,
+    /// A successful answer's body over this many bytes is offloaded to `files`.
+    pub offload_threshold: u64,
 }
 
 /// How much of an answer with an error status [`Upstream::send`] reads.
@@ -60,6 +69,8 @@ pub(super) struct Answer {
     /// The answer's headers (a paginated function reads its `Link` header).
     pub headers: HeaderMap,
     pub body: Vec<u8>,
+    /// The reference of a body offloaded to the files bucket; `body` is then empty.
+    pub stored: Option<Value>,
 }
 
 /// What the exchange has seen so far.
@@ -67,6 +78,14 @@ pub(super) struct Answer {
 struct Seen {
     status: Option<u16>,
     bytes: u64,
+    /// Bytes of a body being offloaded, counted by the store's feed.
+    offloaded: Arc<AtomicU64>,
+}
+
+impl Seen {
+    fn bytes(&self) -> u64 {
+        self.bytes + self.offloaded.load(Ordering::Relaxed)
+    }
 }
 
 impl Upstream {
@@ -86,7 +105,14 @@ impl Upstream {
             allow_private: connection.allow_private_network,
             client: net::http_client(connection)?,
             redactor,
+            files: None,
+            offload_threshold: connection.offload_threshold,
         })
+    }
+
+    /// This upstream, offloading large answers to `files` (see [`Upstream::send`]).
+    pub fn with_files(self, files: Option<Arc<Files>>) -> Upstream {
+        Upstream { files, ..self }
     }
 
     /// The failure of a call to a function the connection does not have.
@@ -127,27 +153,35 @@ impl Upstream {
     /// Sends the request and reads the answer before `deadline`. The answer comes with the
     /// bytes of the body read.
     ///
+    /// With `offload_for` (the callout's id) and a files bucket, a successful answer whose body
+    /// is over the connection's offload threshold (or over [`MAX_BODY_BYTES`], whichever is
+    /// less) is not held: what was read and the rest of the body are streamed into the files
+    /// bucket (see [`files::offload`]), bounded by the bucket's `max_size` instead, and the
+    /// answer comes with the file's reference in `stored`. Without it (each page of a
+    /// paginated function), every body is bounded by [`MAX_BODY_BYTES`].
+    ///
     /// # Errors
     /// The failed attempt's outcome, with the status and the bytes read when it got that far:
-    /// a transport failure, a body over [`MAX_BODY_BYTES`], or no complete answer before the
-    /// deadline.
+    /// a transport failure, a body over its limit, a failure of the files bucket, or no
+    /// complete answer before the deadline.
     pub async fn send(
         &self,
         request: reqwest::Request,
         deadline: std::time::Instant,
         error_bodies: ErrorBodies,
+        offload_for: Option<&str>,
     ) -> Result<(Answer, u64), Outcome> {
         let mut seen = Seen::default();
         let deadline = tokio::time::Instant::from_std(deadline);
-        let exchange = self.exchange(request, error_bodies, &mut seen);
+        let exchange = self.exchange(request, error_bodies, offload_for, &mut seen);
         match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(answer)) => Ok((answer, seen.bytes)),
-            Ok(Err(error)) => Err(Outcome::failure(error, seen.status, seen.bytes)),
+            Ok(Ok(answer)) => Ok((answer, seen.bytes())),
+            Ok(Err(error)) => Err(Outcome::failure(error, seen.status, seen.bytes())),
             Err(_elapsed) => {
                 let progress = match seen.status {
                     Some(status) => format!(
                         " (status {status} received, {} bytes of the body read)",
-                        seen.bytes
+                        seen.bytes()
                     ),
                     None => String::new(),
                 };
@@ -160,7 +194,7 @@ impl Upstream {
                         ),
                     ),
                     seen.status,
-                    seen.bytes,
+                    seen.bytes(),
                 ))
             }
         }
@@ -172,6 +206,7 @@ impl Upstream {
         &self,
         request: reqwest::Request,
         error_bodies: ErrorBodies,
+        offload_for: Option<&str>,
         seen: &mut Seen,
     ) -> Result<Answer, CallError> {
         let mut response = self
@@ -190,16 +225,34 @@ impl Upstream {
             _ => None,
         };
         let headers = response.headers().clone();
-        let excerpt_only = error_bodies == ErrorBodies::Excerpt
-            && ErrorKind::from_status(status.as_u16()).is_some();
-        if !excerpt_only
-            && response
-                .content_length()
-                .is_some_and(|n| n > MAX_BODY_BYTES)
-        {
-            return Err(too_big());
-        }
+        let failed = ErrorKind::from_status(status.as_u16()).is_some();
+        let excerpt_only = error_bodies == ErrorBodies::Excerpt && failed;
+        let offload = match (&self.files, offload_for) {
+            (Some(files), Some(callout_id)) if !failed => Some((files, callout_id)),
+            _ => None,
+        };
+        // Most bytes held: past it, a body is offloaded when it may be, else refused.
+        let most = match offload {
+            Some(_) => self.offload_threshold.min(MAX_BODY_BYTES),
+            None => MAX_BODY_BYTES,
+        };
+        let answer = |body: Vec<u8>, stored: Option<Value>| Answer {
+            status,
+            retry_after,
+            headers: headers.clone(),
+            body,
+            stored,
+        };
         let mut body = Vec::new();
+        if !excerpt_only && response.content_length().is_some_and(|n| n > most) {
+            let Some((files, callout_id)) = offload else {
+                return Err(too_big());
+            };
+            let stored = self
+                .offload(files, callout_id, body, response, seen)
+                .await?;
+            return Ok(answer(Vec::new(), Some(stored)));
+        }
         while let Some(chunk) = response
             .chunk()
             .await
@@ -215,16 +268,43 @@ impl Upstream {
                 }
                 continue;
             }
-            if seen.bytes > MAX_BODY_BYTES {
-                return Err(too_big());
-            }
             body.extend_from_slice(&chunk);
+            if seen.bytes > most {
+                let Some((files, callout_id)) = offload else {
+                    return Err(too_big());
+                };
+                let stored = self
+                    .offload(files, callout_id, body, response, seen)
+                    .await?;
+                return Ok(answer(Vec::new(), Some(stored)));
+            }
         }
-        Ok(Answer {
-            status,
-            retry_after,
-            headers,
-            body,
+        Ok(answer(body, None))
+    }
+
+    /// Streams the rest of a successful answer, after the bytes in `read`, into `files` (see
+    /// [`files::offload`]) and returns the file's reference.
+    async fn offload(
+        &self,
+        files: &Arc<Files>,
+        callout_id: &str,
+        read: Vec<u8>,
+        response: reqwest::Response,
+        seen: &Seen,
+    ) -> Result<Value, CallError> {
+        let offloaded = &seen.offloaded;
+        files::offload(
+            files,
+            &self.connection,
+            callout_id,
+            read,
+            response,
+            offloaded,
+        )
+        .await
+        .map_err(|err| match err {
+            files::OffloadError::Broke(err) => self.transport_error(&err),
+            files::OffloadError::Failed(error) => error,
         })
     }
 
@@ -297,32 +377,15 @@ impl Upstream {
     }
 
     /// The error of data from the answer of `function` that does not match the function's
-    /// output schema; `None` when it matches.
+    /// output schema; `None` when it matches (see [`super::output::schema_mismatch`]).
     pub fn schema_mismatch(
         &self,
         function: &str,
         schema: &JsonSchema,
         data: &Value,
     ) -> Option<CallError> {
-        if schema.validator.is_valid(data) {
-            return None;
-        }
-        let err = schema.validator.validate(data).err()?;
-        let pointer = err.instance_path().as_str().to_string();
-        let at = if pointer.is_empty() {
-            "the root".to_string()
-        } else {
-            format!("`{pointer}`")
-        };
-        let detail = truncate(
-            &self.redactor.redact(&err.masked().to_string()),
-            EXCERPT_CHARS,
-        );
-        let message = format!(
-            "the answer of `{}.{function}` does not match its output_schema at {at}: {detail}",
-            self.connection
-        );
-        Some(CallError::new(ErrorKind::InvalidResponse, message))
+        let redact = |text: &str| self.redactor.redact(text);
+        super::output::schema_mismatch(&self.connection, function, schema, data, &redact)
     }
 }
 

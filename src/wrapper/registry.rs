@@ -4,7 +4,7 @@
 //! [`BUILT_IN`] names each built-in kind once; any other type name is a plugin's, built
 //! through [`Loader::plugin`] and [`ConnectorType::build`](switchboard_sdk::ConnectorType::build).
 //! Every connection gets a wrapper: one that cannot be built (a secret that cannot be read, a
-//! kind that cannot run callouts yet) gets a [`FailingWrapper`] whose every call fails with
+//! plugin type no plugin registers) gets a [`FailingWrapper`] whose every call fails with
 //! `ErrorKind::Config` and the reason, and the reason goes into [`Wrappers::warnings`].
 //! Reasons name secret references, never their values.
 
@@ -18,6 +18,7 @@ use switchboard_sdk::{BuildContext, Call, CallError, ErrorKind, Outcome, Wrapper
 use super::net;
 use super::oauth::TokenSources;
 use super::rest::RestWrapper;
+use super::s3::S3Wrapper;
 use super::soap::SoapWrapper;
 use crate::metadata::model::{Connection, Protocol, Request};
 use crate::metadata::values::{Secret, SecretRef};
@@ -42,9 +43,9 @@ type Built = Result<Arc<dyn Wrapper>, String>;
 /// The built-in connection types, one line each.
 #[rustfmt::skip]
 pub const BUILT_IN: &[(&str, Build)] = &[
-    ("rest", |c, shared| Ok(Arc::new(RestWrapper::build_with(c, shared.secret, shared.tokens)?))),
-    ("soap", |c, shared| Ok(Arc::new(SoapWrapper::build(c, shared.secret)?))),
-    ("s3", |c, _| Err(not_yet(c, "s3 connections cannot run callouts yet"))),
+    ("rest", |c, shared| Ok(Arc::new(RestWrapper::build_with(c, shared.secret, shared.tokens, shared.files.cloned())?))),
+    ("soap", |c, shared| Ok(Arc::new(SoapWrapper::build(c, shared.secret, shared.files.cloned())?))),
+    ("s3", |c, shared| Ok(Arc::new(S3Wrapper::build(c, shared.secret, shared.files)?))),
 ];
 
 /// The wrappers of one metadata version.
@@ -147,13 +148,6 @@ pub fn secret_reader<'a>(
 ) -> impl Fn(&SecretRef) -> Result<Secret, String> + 'a {
     let base = connection.source.file.parent().unwrap_or(Path::new("."));
     move |r: &SecretRef| r.resolve(env, base)
-}
-
-fn not_yet(connection: &Connection, what: &str) -> String {
-    format!(
-        "connection `{}`: {what}; they arrive in a later version",
-        connection.name
-    )
 }
 
 /// A wrapper for a connection that cannot run callouts: every call fails with

@@ -7,9 +7,16 @@
 //! connect to last byte, a response body by [`MAX_BODY_BYTES`] and a `Retry-After` by
 //! [`MAX_RETRY_AFTER`], and keeps every secret out of its messages. Of an answer with an error
 //! status only the start is read, for the excerpt in the message.
+//!
+//! With a files bucket in the metadata, a successful answer over the connection's
+//! `offload_threshold` is streamed into it and the result is `{ "file": <reference> }`, with
+//! neither output mapping nor output schema applied (a paginated function's pages are never
+//! offloaded); and a function with `body_file` sends a stored file's bytes as its body,
+//! streamed from the bucket (see the module `wrapper::files`).
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use reqwest::Method;
@@ -18,15 +25,19 @@ use serde_json::Value;
 use switchboard_sdk::{Call, CallError, ErrorKind, Outcome, Wrapper};
 use url::Url;
 
+use super::files;
 use super::http::{
     Answer, Credentials, ErrorBodies, Redactor, Upstream, connection_headers, credentials,
     header_name,
 };
 use super::oauth::TokenSources;
+use super::output::map_output;
 use super::paginate::Pager;
 use super::template::{RequestTemplate, Templates, Text, Vars};
 use crate::metadata::model::{Connection, JsonSchema, Pagination, Protocol, Request, Settings};
 use crate::metadata::values::{Secret, SecretRef};
+use crate::offload::Files;
+use crate::queue::FileRecord;
 
 pub use super::http::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
 
@@ -52,6 +63,8 @@ struct RestFunction {
     output_schema: Option<JsonSchema>,
     /// How the answer's list is paged (see [`super::paginate`]).
     pagination: Option<Pagination>,
+    /// The id of the stored file sent as the body (`body_file`), compiled.
+    body_file: Option<Text>,
 }
 
 impl fmt::Debug for RestWrapper {
@@ -75,7 +88,9 @@ impl fmt::Debug for RestWrapper {
 }
 
 impl RestWrapper {
-    /// Builds the wrapper of a `rest` connection. `secret` reads a secret reference.
+    /// Builds the wrapper of a `rest` connection. `secret` reads a secret reference; `files`
+    /// is the metadata's files bucket, if it has one (large answers are offloaded there, and
+    /// `body_file` reads from there).
     ///
     /// # Errors
     /// A message naming the connection and what could not be built: a secret reference that
@@ -84,8 +99,9 @@ impl RestWrapper {
     pub fn build(
         connection: &Connection,
         secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
+        files: Option<Arc<Files>>,
     ) -> Result<RestWrapper, String> {
-        RestWrapper::build_with(connection, secret, &TokenSources::default())
+        RestWrapper::build_with(connection, secret, &TokenSources::default(), files)
     }
 
     /// [`RestWrapper::build`], taking an OAuth2 connection's token source from `tokens` (so
@@ -97,6 +113,7 @@ impl RestWrapper {
         connection: &Connection,
         secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
         tokens: &TokenSources,
+        files: Option<Arc<Files>>,
     ) -> Result<RestWrapper, String> {
         let name = &connection.name;
         let fail = |message: String| format!("connection `{name}`: {message}");
@@ -132,7 +149,7 @@ impl RestWrapper {
                 headers,
                 body,
                 pagination,
-                ..
+                body_file,
             } = &f.request
             else {
                 return Err(fail(format!("function `{fname}` is not a rest request")));
@@ -143,6 +160,14 @@ impl RestWrapper {
             let request = templates
                 .request(fname, path, query, headers, body.as_ref())
                 .map_err(&fail)?;
+            let body_file = match body_file {
+                Some(source) => Some(
+                    templates
+                        .text_field(&format!("functions.{fname}.body_file"), source)
+                        .map_err(&fail)?,
+                ),
+                None => None,
+            };
             let method = Method::from_bytes(method.as_str().as_bytes())
                 .map_err(|_| fail(format!("function `{fname}` has an unusable method")))?;
             let fixed_url = match &request.path {
@@ -158,11 +183,12 @@ impl RestWrapper {
                     output: f.output.clone(),
                     output_schema: f.output_schema.clone(),
                     pagination: pagination.clone(),
+                    body_file,
                 },
             );
         }
         Ok(RestWrapper {
-            upstream: Upstream::new(connection, endpoint, redactor)?,
+            upstream: Upstream::new(connection, endpoint, redactor)?.with_files(files),
             templates,
             functions,
             headers,
@@ -172,10 +198,9 @@ impl RestWrapper {
         })
     }
 
-    /// The request of one call, ready to send.
-    fn request(&self, f: &RestFunction, call: &Call<'_>) -> Result<reqwest::Request, CallError> {
-        let invalid = |message: String| self.upstream.invalid_request(call.function, message);
-        let vars = Vars {
+    /// The variables the templates of one call see.
+    fn vars<'a>(&'a self, call: &Call<'a>) -> Vars<'a> {
+        Vars {
             input: call.input,
             settings: &self.settings,
             connection: &self.upstream.connection,
@@ -183,7 +208,48 @@ impl RestWrapper {
             callout_id: call.callout_id,
             attempt: call.attempt,
             idempotency_key: call.idempotency_key,
-        };
+        }
+    }
+
+    /// The stored file a `body_file` function sends: its id rendered, then looked up.
+    ///
+    /// # Errors
+    /// See [`files::stored_file`]; the id's template failed ([`ErrorKind::InvalidRequest`]).
+    async fn body_file(&self, id: &Text, call: &Call<'_>) -> Result<FileRecord, CallError> {
+        let invalid = |message: String| self.upstream.invalid_request(call.function, message);
+        let id = self
+            .templates
+            .render_field(id, &self.vars(call))
+            .map_err(invalid)?;
+        let files = self.upstream.files.as_ref();
+        files::stored_file(
+            files,
+            &self.upstream.connection,
+            call.function,
+            &id,
+            invalid,
+        )
+        .await
+    }
+
+    /// Makes the stored file `file`, if any, the body of `request` (opened anew each time).
+    async fn attach(
+        &self,
+        request: &mut reqwest::Request,
+        file: Option<&FileRecord>,
+        call: &Call<'_>,
+    ) -> Result<(), CallError> {
+        match (file, &self.upstream.files) {
+            (Some(file), Some(files)) => files::attach(files, file, request, call.deadline).await,
+            _ => Ok(()),
+        }
+    }
+
+    /// The request of one call, ready to send (without its body when that is a stored file:
+    /// see [`RestWrapper::attach`]).
+    fn request(&self, f: &RestFunction, call: &Call<'_>) -> Result<reqwest::Request, CallError> {
+        let invalid = |message: String| self.upstream.invalid_request(call.function, message);
+        let vars = self.vars(call);
         let rendered = self.templates.render(&f.request, &vars).map_err(invalid)?;
         let mut url = match &f.fixed_url {
             Some(fixed) => fixed.clone(),
@@ -235,53 +301,72 @@ impl RestWrapper {
     /// request of an attempt goes through here (each page of a paginated function too), so
     /// that credentials are applied the same way to each.
     ///
+    /// `file` is the stored file sent as the body (`body_file`), attached to each request as
+    /// it goes. With `offload`, a large successful answer goes to the files bucket (see
+    /// `Upstream::send`); pages are never offloaded.
+    ///
     /// # Errors
-    /// The failed attempt's outcome (see `Upstream::send`).
+    /// The failed attempt's outcome (see `Upstream::send`), or the stored file could not be
+    /// opened (see [`files::attach`]).
     ///
     /// With OAuth2, the request carries the connection's access token; an answer that says the
     /// token was refused (a 401, or the connection's `expired_when` rule) gets one new token
-    /// and one more try, and a second refusal fails with [`ErrorKind::Auth`].
+    /// and one more try, and a second refusal fails with [`ErrorKind::Auth`]. An offloaded
+    /// answer is never taken for a refusal.
     async fn send(
         &self,
         mut request: reqwest::Request,
+        file: Option<&FileRecord>,
         call: &Call<'_>,
+        offload: bool,
     ) -> Result<(Answer, u64), Outcome> {
+        let offload_for = offload.then_some(call.callout_id);
+        let not_sent = |error: CallError| Outcome::failure(error, None, 0);
         let Credentials::OAuth2(source) = &self.auth else {
+            self.attach(&mut request, file, call)
+                .await
+                .map_err(not_sent)?;
             return self
                 .upstream
-                .send(request, call.deadline, ErrorBodies::Excerpt)
+                .send(request, call.deadline, ErrorBodies::Excerpt, offload_for)
                 .await;
         };
-        let token_failed = |error: CallError| Outcome::failure(error, None, 0);
+        // Cloned before a stored file is attached: a streamed body cannot be cloned, so the
+        // second try opens the file anew.
         let again = request.try_clone();
-        let token = source
-            .token(call.deadline, None)
-            .await
-            .map_err(token_failed)?;
+        let token = source.token(call.deadline, None).await.map_err(not_sent)?;
         request
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());
+        self.attach(&mut request, file, call)
+            .await
+            .map_err(not_sent)?;
         let (answer, bytes) = self
             .upstream
-            .send(request, call.deadline, ErrorBodies::Excerpt)
+            .send(request, call.deadline, ErrorBodies::Excerpt, offload_for)
             .await?;
-        let (true, Some(mut again)) = (source.refused(answer.status.as_u16(), &answer.body), again)
-        else {
+        let refused = |answer: &Answer| {
+            answer.stored.is_none() && source.refused(answer.status.as_u16(), &answer.body)
+        };
+        let (true, Some(mut again)) = (refused(&answer), again) else {
             return Ok((answer, bytes));
         };
         let token = source
             .token(call.deadline, Some(token.generation))
             .await
-            .map_err(token_failed)?;
+            .map_err(|error| Outcome::failure(error, None, bytes))?;
         again
             .headers_mut()
             .insert(AUTHORIZATION, token.header.clone());
+        self.attach(&mut again, file, call)
+            .await
+            .map_err(|error| Outcome::failure(error, None, bytes))?;
         let (answer, more) = self
             .upstream
-            .send(again, call.deadline, ErrorBodies::Excerpt)
+            .send(again, call.deadline, ErrorBodies::Excerpt, offload_for)
             .await?;
         let bytes = bytes + more;
-        if source.refused(answer.status.as_u16(), &answer.body) {
+        if refused(&answer) {
             let refused = self.upstream.status_error(&answer);
             let mut error = CallError::new(
                 ErrorKind::Auth,
@@ -301,6 +386,10 @@ impl RestWrapper {
         let code = answer.status.as_u16();
         if ErrorKind::from_status(code).is_some() {
             return Outcome::failure(self.upstream.status_error(&answer), Some(code), bytes);
+        }
+        if let Some(reference) = answer.stored {
+            // Not read: neither the output mapping nor the output schema applies.
+            return Outcome::success(files::data(reference), Some(code), bytes);
         }
         let body = if answer.body.is_empty() {
             Value::Null
@@ -331,7 +420,14 @@ impl Wrapper for RestWrapper {
         if let Some(pagination) = &f.pagination {
             return self.paginated(f, pagination, &call, request).await;
         }
-        match self.send(request, &call).await {
+        let file = match &f.body_file {
+            Some(id) => match self.body_file(id, &call).await {
+                Ok(file) => Some(file),
+                Err(error) => return Outcome::failure(error, None, 0),
+            },
+            None => None,
+        };
+        match self.send(request, file.as_ref(), &call, true).await {
             Ok((answer, bytes)) => self.outcome(f, &call, answer, bytes),
             Err(outcome) => outcome,
         }
@@ -357,7 +453,10 @@ impl RestWrapper {
                 _ => None,
             },
         };
-        let collected = match pager.collect(first, call, |r| self.send(r, call)).await {
+        let collected = match pager
+            .collect(first, call, |r| self.send(r, None, call, false))
+            .await
+        {
             Ok(collected) => collected,
             Err(outcome) => return outcome,
         };
@@ -379,23 +478,4 @@ impl RestWrapper {
         }
         Outcome::success(data, status, bytes)
     }
-}
-
-/// The result of `body` by a function's output mapping (field → JSON Pointer); the whole body
-/// without one.
-fn map_output(output: &[(String, String)], body: Value) -> Value {
-    if output.is_empty() {
-        return body;
-    }
-    Value::Object(
-        output
-            .iter()
-            .map(|(field, pointer)| {
-                (
-                    field.clone(),
-                    body.pointer(pointer).cloned().unwrap_or(Value::Null),
-                )
-            })
-            .collect(),
-    )
 }

@@ -18,6 +18,10 @@
 //!   A fault (1.1 `faultcode`/`faultstring`, 1.2 `Code`/`Reason`), whatever the HTTP status,
 //!   becomes the error: `Server`/`Receiver` faults are retried (`unavailable`), every other
 //!   code (`Client`, `Sender`, `VersionMismatch`, `MustUnderstand`) is not (`rejected`).
+//! - A successful answer (a 2xx) over the connection's `offload_threshold`, when the metadata
+//!   has a files bucket, is streamed into it unread, as the raw envelope, and the result is
+//!   `{ "file": <reference> }` (no output mapping, no output schema). A fault belongs in an
+//!   answer with an error status, which is always read whole.
 //! - Otherwise the children of `<Body>` become JSON ([`xml::to_json`]), the output mapping
 //!   picks from it, text is typed by the output schema ([`xml::typed`]) and the result is
 //!   checked against it.
@@ -27,6 +31,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -36,6 +41,7 @@ use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderName, HeaderValue};
 use serde_json::{Value, json};
 use switchboard_sdk::{Call, CallError, ErrorKind, Outcome, Wrapper};
 
+use super::files;
 use super::http::{
     Answer, Credentials, EXCERPT_CHARS, ErrorBodies, Redactor, Upstream, base64,
     connection_headers, credentials, truncate,
@@ -45,6 +51,7 @@ use crate::metadata::config::{SoapVersion, WsPasswordType};
 use crate::metadata::helpers;
 use crate::metadata::model::{Connection, JsonSchema, Protocol, Request, Settings, WsSecurity};
 use crate::metadata::values::{Secret, SecretRef};
+use crate::offload::Files;
 
 pub use super::http::{MAX_BODY_BYTES, MAX_RETRY_AFTER};
 
@@ -116,7 +123,8 @@ impl fmt::Debug for SoapWrapper {
 }
 
 impl SoapWrapper {
-    /// Builds the wrapper of a `soap` connection. `secret` reads a secret reference.
+    /// Builds the wrapper of a `soap` connection. `secret` reads a secret reference; `files`
+    /// is the metadata's files bucket, if it has one (large answers are offloaded there).
     ///
     /// # Errors
     /// A message naming the connection and what could not be built: a secret reference that
@@ -125,6 +133,7 @@ impl SoapWrapper {
     pub fn build(
         connection: &Connection,
         secret: &dyn Fn(&SecretRef) -> Result<Secret, String>,
+        files: Option<Arc<Files>>,
     ) -> Result<SoapWrapper, String> {
         let name = &connection.name;
         let fail = |message: String| format!("connection `{name}`: {message}");
@@ -210,7 +219,8 @@ impl SoapWrapper {
             );
         }
         Ok(SoapWrapper {
-            upstream: Upstream::new(connection, endpoint, Redactor::with_xml_escapes(secrets))?,
+            upstream: Upstream::new(connection, endpoint, Redactor::with_xml_escapes(secrets))?
+                .with_files(files),
             version: *version,
             templates,
             functions,
@@ -297,6 +307,10 @@ impl SoapWrapper {
         let code = answer.status.as_u16();
         let status_kind = ErrorKind::from_status(code);
         let fail = |error: CallError| Outcome::failure(error, Some(code), bytes);
+        if let Some(reference) = answer.stored {
+            // The raw envelope, not read: no fault check, no output mapping, no output schema.
+            return Outcome::success(files::data(reference), Some(code), bytes);
+        }
         let reply = match xml::parse(&answer.body) {
             Ok(root) => self.body(&root),
             Err(why) => Err(format!(
@@ -374,9 +388,12 @@ impl Wrapper for SoapWrapper {
             Ok(request) => request,
             Err(error) => return Outcome::failure(error, None, 0),
         };
-        let sent = self
-            .upstream
-            .send(request, call.deadline, ErrorBodies::Whole);
+        let sent = self.upstream.send(
+            request,
+            call.deadline,
+            ErrorBodies::Whole,
+            Some(call.callout_id),
+        );
         match sent.await {
             Ok((answer, bytes)) => self.outcome(f, &call, answer, bytes),
             Err(outcome) => outcome,

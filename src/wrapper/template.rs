@@ -191,6 +191,31 @@ impl Templates {
         })
     }
 
+    /// Compiles one plain text template (an S3 object key, prefix or file id): what it
+    /// prints is kept as is, neither encoded nor escaped. `name` is the field path that errors
+    /// name, like `functions.store.key`.
+    ///
+    /// # Errors
+    /// The template does not compile.
+    pub fn text_field(&mut self, name: &str, source: &str) -> Result<Text, String> {
+        self.text(TEXT, name, source)
+    }
+
+    /// Renders one template of [`Templates::text_field`] for one call.
+    ///
+    /// # Errors
+    /// As [`Templates::render`].
+    pub fn render_field(&self, text: &Text, vars: &Vars<'_>) -> Result<String, String> {
+        let cx = Context {
+            vars,
+            value: std::cell::OnceCell::new(),
+        };
+        if !within_depth(vars.input, 0) {
+            cx.get()?;
+        }
+        self.render_text(text, &cx)
+    }
+
     fn text(&mut self, prefix: &str, name: &str, source: &str) -> Result<Text, String> {
         if !is_template(source) {
             return Ok(Text::Literal(source.to_string()));

@@ -188,6 +188,7 @@ fn wrappers(docs: &[&str], port: u16) -> Wrappers {
         &Loader::new(),
         &env,
         &TokenSources::default(),
+        None,
     )
 }
 
@@ -539,6 +540,7 @@ functions:
                     .get(name)
                     .expect("connection"),
                 &|r| r.resolve(&env, std::path::Path::new(".")),
+                None,
             )
             .expect("builds")
         );
@@ -820,6 +822,7 @@ functions:
 connection: files
 type: s3
 bucket: crm-files
+auth: { type: aws, access_key_id: "${env:UP_S3_MISSING}", secret_access_key: "${env:UP_PASSWORD}" }
 functions:
   list: { operation: list }
 "#,
@@ -830,7 +833,7 @@ functions:
     assert_eq!(
         warnings,
         vec![
-            "connection `files`: s3 connections cannot run callouts yet; they arrive in a later version",
+            "connection `files`: secret reference `${env:UP_S3_MISSING}` cannot be resolved: environment variable UP_S3_MISSING is not set",
             "connection `ledger`: secret reference `${env:UP_WS_MISSING}` cannot be resolved: environment variable UP_WS_MISSING is not set",
             "connection `unresolved`: secret reference `${env:UP_MISSING}` cannot be resolved: environment variable UP_MISSING is not set",
         ]
@@ -941,7 +944,7 @@ functions:
 "#,
     ];
     let metadata = load_with(&docs, 0, &loader);
-    let w = build_all(&metadata, &loader, &env, &TokenSources::default());
+    let w = build_all(&metadata, &loader, &env, &TokenSources::default(), None);
     assert_eq!(
         w.warnings,
         vec!["connection `checked`: type `check_only` cannot run callouts"]

@@ -232,7 +232,7 @@ fn wrapper(port: u16, pagination: &str, with_key: bool) -> RestWrapper {
     };
     let env = |name: &str| (name == "PAGES_KEY").then(|| API_KEY.to_string());
     let connection = &metadata.connections["pages"];
-    RestWrapper::build(connection, &|r| r.resolve(&env, Path::new("."))).expect("built")
+    RestWrapper::build(connection, &|r| r.resolve(&env, Path::new(".")), None).expect("built")
 }
 
 /// Counts the requests it paced; never waits.
@@ -546,6 +546,7 @@ fn wrapper_with_query(port: u16, pagination: &str, query: &str) -> RestWrapper {
     RestWrapper::build(
         &metadata.connections["pages"],
         &|_| Err("no secrets".into()),
+        None,
     )
     .expect("built")
 }

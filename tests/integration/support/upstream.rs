@@ -4,6 +4,10 @@
 //! to hold the call) and recorded as a [`Seen`]: when it arrived, its method, path, headers and
 //! body, and how many requests with the same `Idempotency-Key` came before it. The upstream also
 //! tracks the most requests it held in flight at once.
+//!
+//! [`Upstream::bulk`] serves large bodies instead, never holding one whole: `GET /bytes/N`
+//! answers N bytes of [`content`], and `/sink` takes a body of any size and keeps only its size
+//! and SHA-256 ([`Sunk`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -89,9 +93,21 @@ impl Reply {
 /// The test's answer to each request.
 pub type Behaviour = Arc<dyn Fn(&Seen) -> Reply + Send + Sync>;
 
+/// What `/sink` of [`Upstream::bulk`] received: one body's size and SHA-256, and its framing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sunk {
+    pub size: u64,
+    /// Lowercase hex.
+    pub sha256: String,
+    pub content_type: Option<String>,
+    /// The `Content-Length` header, when the body came with one (not chunked).
+    pub content_length: Option<u64>,
+}
+
 #[derive(Default)]
 struct Shared {
     log: Mutex<Vec<Seen>>,
+    sunk: Mutex<Vec<Sunk>>,
     per_key: Mutex<HashMap<String, usize>>,
     inflight: AtomicUsize,
     peak: AtomicUsize,
@@ -147,6 +163,47 @@ impl Upstream {
             stop,
             task,
         }
+    }
+
+    /// An upstream of large bodies, streamed both ways:
+    ///
+    /// - `/bytes/N` (any method) answers `N` bytes of [`content`] with `Content-Length`, in 64 KiB
+    ///   chunks; query `type` sets the `Content-Type` (default `application/octet-stream`),
+    ///   `chunked=true` (any case) leaves `Content-Length` out (the chunked coding), and `stall_after=M`
+    ///   stops sending for a minute after `M` bytes;
+    /// - any method on `/sink` reads the body as it comes, keeps its [`Sunk`] and answers
+    ///   `200 {"size": .., "sha256": ..}`; with query `accept=TOKEN`, a request without
+    ///   `Authorization: Bearer TOKEN` is read to its end, kept nowhere and answered `401`.
+    ///
+    /// Every request is recorded as a [`Seen`] without its body.
+    pub async fn bulk() -> Upstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
+        let addr = listener.local_addr().expect("local address");
+        let shared = Arc::new(Shared::default());
+        let app = Router::new()
+            .route("/bytes/{n}", axum::routing::any(bytes))
+            .route("/sink", axum::routing::any(sink))
+            .with_state(shared.clone());
+        let stop = CancellationToken::new();
+        let stopped = stop.clone();
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stopped.cancelled_owned())
+                .await;
+        });
+        Upstream {
+            addr,
+            shared,
+            stop,
+            task,
+        }
+    }
+
+    /// What `/sink` received so far, in order.
+    pub fn sunk(&self) -> Vec<Sunk> {
+        self.shared.sunk.lock().expect("sink lock").clone()
     }
 
     /// An upstream that answers `200 {"ok": true}` at once.
@@ -265,4 +322,144 @@ pub fn most_within_a_second(arrivals: &[Instant]) -> usize {
         })
         .max()
         .expect("requests")
+}
+
+/// Byte `i` of the deterministic content [`Upstream::bulk`] serves (a Weyl sequence's top byte:
+/// no short period, so a chunk read twice or skipped changes the hash).
+pub fn content_byte(i: u64) -> u8 {
+    (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8
+}
+
+/// Bytes `from..to` of the content.
+pub fn content(from: u64, to: u64) -> Vec<u8> {
+    (from..to).map(content_byte).collect()
+}
+
+/// The lowercase hex SHA-256 of the first `n` bytes of the content, computed in pieces.
+pub fn content_sha256(n: u64) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    let mut at = 0;
+    while at < n {
+        let to = (at + CHUNK).min(n);
+        hasher.update(content(at, to));
+        at = to;
+    }
+    hex::encode(hasher.finalize())
+}
+
+/// Bytes per chunk [`Upstream::bulk`] sends.
+const CHUNK: u64 = 64 * 1024;
+
+/// Records a request of [`Upstream::bulk`] (its body is not kept).
+fn record(shared: &Shared, parts: &axum::http::request::Parts) {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), |p| p.to_string());
+    shared.log.lock().expect("log lock").push(Seen {
+        at: Instant::now(),
+        method: parts.method.to_string(),
+        path,
+        headers: parts.headers.clone(),
+        body: Bytes::new(),
+        earlier_with_key: 0,
+    });
+}
+
+async fn bytes(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(n): axum::extract::Path<u64>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    let (parts, _) = request.into_parts();
+    record(&shared, &parts);
+    let content_type = query
+        .get("type")
+        .cloned()
+        .unwrap_or_else(|| "application/octet-stream".to_string());
+    let chunked = query
+        .get("chunked")
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let stall_after = query.get("stall_after").and_then(|v| v.parse::<u64>().ok());
+    let chunks = futures_util::stream::unfold(0u64, move |at| async move {
+        if at >= n {
+            return None;
+        }
+        if stall_after.is_some_and(|m| at >= m) {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        }
+        let to = (at + CHUNK).min(n);
+        let to = match stall_after {
+            Some(m) if at < m => to.min(m),
+            _ => to,
+        };
+        Some((
+            Ok::<_, std::convert::Infallible>(Bytes::from(content(at, to))),
+            to,
+        ))
+    });
+    let mut response = Response::new(axum::body::Body::from_stream(chunks));
+    let headers = response.headers_mut();
+    headers.insert(
+        axum::http::header::CONTENT_TYPE,
+        HeaderValue::from_str(&content_type).expect("a valid content type"),
+    );
+    if !chunked {
+        headers.insert(axum::http::header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    response
+}
+
+async fn sink(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Query(query): axum::extract::Query<HashMap<String, String>>,
+    request: Request,
+) -> Response {
+    use futures_util::StreamExt;
+    use sha2::{Digest, Sha256};
+    let (parts, body) = request.into_parts();
+    record(&shared, &parts);
+    let refused = query.get("accept").is_some_and(|token| {
+        let bearer = format!("Bearer {token}");
+        parts
+            .headers
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            != Some(bearer.as_str())
+    });
+    let header = |name| {
+        parts
+            .headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let mut stream = body.into_data_stream();
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    while let Some(chunk) = stream.next().await {
+        let Ok(chunk) = chunk else {
+            return StatusCode::BAD_REQUEST.into_response();
+        };
+        size += chunk.len() as u64;
+        hasher.update(&chunk);
+    }
+    if refused {
+        return (
+            StatusCode::UNAUTHORIZED,
+            axum::Json(serde_json::json!({ "error": "invalid_token" })),
+        )
+            .into_response();
+    }
+    let sunk = Sunk {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+        content_type: header(axum::http::header::CONTENT_TYPE),
+        content_length: header(axum::http::header::CONTENT_LENGTH).and_then(|v| v.parse().ok()),
+    };
+    let answer = serde_json::json!({ "size": sunk.size, "sha256": sunk.sha256 });
+    shared.sunk.lock().expect("sink lock").push(sunk);
+    (StatusCode::OK, axum::Json(answer)).into_response()
 }
