@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use switchboard::controller::CallerAuth;
 use switchboard::engine::StartError;
 use switchboard::metadata::{Loader, Metadata, Problem, model::Request, schema};
+use switchboard::offload::{ScanHook, Scanner};
 use switchboard::server::{self, ServeError, ServerConfig};
 
 /// Switchboard: durable, rate-limited callouts from a CRM to REST, SOAP and S3 services,
@@ -149,9 +150,76 @@ struct ServeArgs {
     /// Turn caller authentication off (development only).
     #[arg(long)]
     dev: bool,
-    /// Largest request body, in bytes.
+    /// Largest request body, in bytes (not for uploads to `POST /v1/files`, which the files
+    /// bucket's `max_size` bounds).
     #[arg(long, default_value_t = switchboard::controller::DEFAULT_BODY_LIMIT)]
     max_body_bytes: usize,
+    /// Scan every upload with this program before its reference is handed out: the program
+    /// and its arguments, split at whitespace (no quoting, no shell), like
+    /// "clamdscan --no-summary -". The file comes on its standard input; exit status 0 is
+    /// clean, 1 infected, anything else a failed scan.
+    #[arg(
+        long,
+        value_name = "PROGRAM ARGS",
+        value_parser = scan_command,
+        conflicts_with = "scan_clamd"
+    )]
+    scan_command: Option<String>,
+    /// Scan every upload with a ClamAV daemon (clamd, by INSTREAM): its Unix socket path
+    /// (starting with `/`) or HOST:PORT.
+    #[arg(long, value_name = "SOCKET|HOST:PORT", value_parser = scan_clamd)]
+    scan_clamd: Option<String>,
+    /// How long a scan may take once the last byte was handed to the scanner (and longest a
+    /// scanner may stop reading), like `60s`.
+    #[arg(long, default_value = "60s", value_parser = scan_timeout)]
+    scan_timeout: std::time::Duration,
+    /// How often expired file references are looked for (their objects deleted), like `60s`.
+    #[arg(long, default_value = "60s", value_parser = sweep_interval)]
+    sweep_interval: std::time::Duration,
+}
+
+/// `--scan-command`: a program and its arguments (split at whitespace when used).
+fn scan_command(text: &str) -> Result<String, String> {
+    if text.split_whitespace().next().is_none() {
+        return Err("the scan command is empty; expected a program and its arguments, like \"clamdscan --no-summary -\"".into());
+    }
+    Ok(text.to_string())
+}
+
+/// `--scan-clamd`: a Unix socket path or `host:port`.
+fn scan_clamd(text: &str) -> Result<String, String> {
+    let text = text.trim();
+    if text.starts_with('/') {
+        return Ok(text.to_string());
+    }
+    match text.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0) => {
+            Ok(text.to_string())
+        }
+        _ => Err(format!(
+            "{text:?} is not a clamd address; expected a Unix socket path like /run/clamav/clamd.ctl or HOST:PORT like 127.0.0.1:3310"
+        )),
+    }
+}
+
+/// A duration in the metadata's format, above zero and at most `max`.
+fn duration_up_to(text: &str, max: std::time::Duration) -> Result<std::time::Duration, String> {
+    let duration = switchboard::metadata::values::HumanDuration::parse(text)?.0;
+    if duration.is_zero() || duration > max {
+        return Err(format!(
+            "{text:?} is out of range; expected a duration from 1ms to {}",
+            switchboard::metadata::values::HumanDuration(max)
+        ));
+    }
+    Ok(duration)
+}
+
+fn scan_timeout(text: &str) -> Result<std::time::Duration, String> {
+    duration_up_to(text, std::time::Duration::from_secs(3600))
+}
+
+fn sweep_interval(text: &str) -> Result<std::time::Duration, String> {
+    duration_up_to(text, std::time::Duration::from_secs(24 * 3600))
 }
 
 #[derive(clap::Args)]
@@ -263,6 +331,15 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.max_concurrent_callouts = args.max_concurrent_callouts.max(1);
     config.auth = auth;
     config.body_limit = args.max_body_bytes;
+    config.sweep_interval = args.sweep_interval;
+    let hook = match (args.scan_command, args.scan_clamd) {
+        (Some(command), _) => Some(ScanHook::Command(
+            command.split_whitespace().map(str::to_string).collect(),
+        )),
+        (None, Some(addr)) => Some(ScanHook::Clamd(addr)),
+        (None, None) => None,
+    };
+    config.scan = hook.map(|hook| Scanner::new(hook, args.scan_timeout));
     let server = match server::start(config, Loader::new()).await {
         Ok(server) => server,
         Err(ServeError::Engine(StartError::Invalid(problems))) => {

@@ -155,6 +155,23 @@ impl Metrics {
         });
     }
 
+    /// An upload was stored: `switchboard_files_stored_total` and
+    /// `switchboard_file_bytes_stored_total`.
+    pub fn file_stored(&self, bytes: u64) {
+        metrics::with_local_recorder(&self.inner.recorder, || {
+            metrics::counter!("switchboard_files_stored_total").increment(1);
+            metrics::counter!("switchboard_file_bytes_stored_total").increment(bytes);
+        });
+    }
+
+    /// An upload was refused: `switchboard_files_rejected_total{reason}`, `reason` one of a
+    /// fixed few (`content_type`, `too_large`, `infected`, `scan_failed`, ...).
+    pub fn file_rejected(&self, reason: &'static str) {
+        metrics::with_local_recorder(&self.inner.recorder, || {
+            metrics::counter!("switchboard_files_rejected_total", "reason" => reason).increment(1);
+        });
+    }
+
     /// Prometheus text, with the number of callouts in each status.
     pub fn render(&self, counts: &[(crate::queue::Status, u64)]) -> String {
         metrics::with_local_recorder(&self.inner.recorder, || {

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::controller::{self, AppState, CallerAuth};
 use crate::engine::{Engine, EngineConfig, StartError};
 use crate::metadata::Loader;
+use crate::offload::Scanner;
 use crate::queue::{SqliteStore, Store};
 
 /// Everything `serve` is told.
@@ -28,6 +29,11 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// Run callouts (off: accept and store them only).
     pub dispatch: bool,
+    /// Where uploaded files are scanned before their reference is handed out; `None`: not
+    /// scanned.
+    pub scan: Option<Scanner>,
+    /// How often expired file references are looked for (their objects deleted).
+    pub sweep_interval: Duration,
 }
 
 impl ServerConfig {
@@ -41,6 +47,8 @@ impl ServerConfig {
             body_limit: controller::DEFAULT_BODY_LIMIT,
             shutdown_grace: Duration::from_secs(30),
             dispatch: true,
+            scan: None,
+            sweep_interval: EngineConfig::default().sweep_interval,
         }
     }
 }
@@ -126,6 +134,8 @@ pub async fn start_with_store(
         max_concurrent_callouts: config.max_concurrent_callouts,
         shutdown_grace: config.shutdown_grace,
         dispatch: config.dispatch,
+        scan: config.scan.clone(),
+        sweep_interval: config.sweep_interval,
         ..EngineConfig::default()
     };
     let engine = Engine::start(engine_config, store, loader).await?;

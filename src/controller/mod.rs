@@ -2,18 +2,20 @@
 //!
 //! Every `/v1` route needs `Authorization: Bearer KEY` (401 without a key, 403 with a wrong
 //! one) unless the server runs in dev mode. Bodies are JSON, read with a size limit (413 past
-//! it); every error is `{"error": {"code", "message", "details"}}`. Routes are listed in
+//! it), except uploads to `POST /v1/files`, which stream into the files bucket under its own
+//! `max_size`; every error is `{"error": {"code", "message", "details"}}`. Routes are listed in
 //! `docs/api.md`.
 
 mod callouts;
 mod connections;
 pub mod error;
+mod files;
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -59,6 +61,13 @@ pub fn router(state: AppState) -> Router {
         .route("/callouts/{id}/cancel", post(callouts::cancel))
         .route("/functions", get(callouts::functions))
         .route("/connections", get(connections::list))
+        // Uploads stream into the files bucket under its own `max_size`, not the JSON body
+        // limit (which `Multipart` would otherwise apply).
+        .route(
+            "/files",
+            post(files::upload).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/files/{id}", get(files::get_one))
         .route("/admin/reload", post(callouts::reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_key));
     Router::new()

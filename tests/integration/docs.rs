@@ -53,3 +53,25 @@ fn every_yaml_example_in_the_metadata_reference_is_valid() {
         );
     }
 }
+
+#[test]
+fn every_yaml_example_in_the_files_guide_is_valid() {
+    let path = support::root().join("docs/files.md");
+    let markdown = std::fs::read_to_string(&path).expect("docs/files.md is readable");
+    let blocks = yaml_blocks(&markdown);
+    assert_eq!(blocks.len(), 2, "the files guide shows a files bucket and a REST connection");
+    // Together, as one folder: `body_file` needs the files bucket beside it.
+    let files: Vec<(String, &str)> = blocks
+        .iter()
+        .enumerate()
+        .map(|(i, block)| (format!("example{i}.yaml"), block.as_str()))
+        .collect();
+    let named: Vec<(&str, &str)> = files.iter().map(|(n, b)| (n.as_str(), *b)).collect();
+    let dir = support::folder(&named);
+    let problems = support::problems(dir.path());
+    assert!(
+        problems.is_empty(),
+        "the ```yaml blocks of docs/files.md are not valid metadata:\n{}",
+        problems.join("\n")
+    );
+}
