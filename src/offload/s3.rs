@@ -300,14 +300,30 @@ impl S3Bucket {
                 {
                     tap = None;
                 }
-                buffer.extend_from_slice(&chunk);
-                while buffer.len() >= part_size {
-                    let part = buffer.split_to(part_size).freeze();
-                    let upload = match &mut multipart {
-                        Some(upload) => upload,
-                        None => multipart.insert(self.begin(key, content_type, metadata).await?),
-                    };
-                    upload.send(self, part).await?;
+                // Filled to exactly `part_size`, in buffers that are used again once their
+                // part was sent: the allocator sees no churn of large blocks, so the process
+                // does not keep what a stream of uploads once needed.
+                let mut rest = &chunk[..];
+                while !rest.is_empty() {
+                    if buffer.capacity() == 0 {
+                        buffer = multipart
+                            .as_mut()
+                            .and_then(|upload| upload.spare.pop())
+                            .unwrap_or_else(|| BytesMut::with_capacity(part_size));
+                    }
+                    let take = (part_size - buffer.len()).min(rest.len());
+                    buffer.extend_from_slice(&rest[..take]);
+                    rest = &rest[take..];
+                    if buffer.len() == part_size {
+                        let part = std::mem::take(&mut buffer).freeze();
+                        let upload = match &mut multipart {
+                            Some(upload) => upload,
+                            None => {
+                                multipart.insert(self.begin(key, content_type, metadata).await?)
+                            }
+                        };
+                        upload.send(self, part).await?;
+                    }
                 }
             }
             // The end of the file for the scanner, which may finish while the rest goes up.
@@ -417,6 +433,7 @@ impl S3Bucket {
             next_part: 1,
             sending: JoinSet::new(),
             done: Vec::new(),
+            spare: Vec::new(),
             pending: Some((
                 self.client().await.clone(),
                 self.bucket.clone(),
@@ -548,8 +565,10 @@ struct Multipart {
     key: String,
     upload_id: String,
     next_part: i32,
-    sending: JoinSet<Result<CompletedPart, S3Error>>,
+    sending: JoinSet<Result<(CompletedPart, Bytes), S3Error>>,
     done: Vec<CompletedPart>,
+    /// Buffers of parts sent, to fill again.
+    spare: Vec<BytesMut>,
     /// What an abort from `Drop` needs; `None` once completed or aborted.
     pending: Option<(Client, String, String)>,
 }
@@ -602,14 +621,15 @@ impl Multipart {
                 .upload_id(upload_id)
                 .part_number(number)
                 .content_length(part.len() as i64)
-                .body(ByteStream::from(part))
+                .body(ByteStream::from(part.clone()))
                 .send()
                 .await
                 .map_err(|err| failed.of(&format!("storing part {number} of"), &key, &err))?;
-            Ok(CompletedPart::builder()
+            let done = CompletedPart::builder()
                 .part_number(number)
                 .set_e_tag(sent.e_tag().map(str::to_string))
-                .build())
+                .build();
+            Ok((done, part))
         });
         Ok(())
     }
@@ -617,8 +637,14 @@ impl Multipart {
     /// Waits for one part in flight.
     async fn collect_one(&mut self) -> Result<(), UploadError> {
         match self.sending.join_next().await {
-            Some(Ok(Ok(part))) => {
+            Some(Ok(Ok((part, bytes)))) => {
                 self.done.push(part);
+                // Ours alone once the request is gone; if the client still holds it, a new
+                // buffer is made instead.
+                if let Ok(mut buffer) = bytes.try_into_mut() {
+                    buffer.clear();
+                    self.spare.push(buffer);
+                }
                 Ok(())
             }
             Some(Ok(Err(err))) => Err(UploadError::Storage(err)),
