@@ -73,7 +73,11 @@ fn options() -> Result<Options, String> {
             "--runs" => options.runs = value()?.parse().map_err(|_| "--runs takes a number")?,
             "--json" => options.json = PathBuf::from(value()?),
             "--quick" | "--bench" => {}
-            other => return Err(format!("unknown argument {other}; expected --size-mib N, --runs R, --json PATH or --quick")),
+            other => {
+                return Err(format!(
+                    "unknown argument {other}; expected --size-mib N, --runs R, --json PATH or --quick"
+                ));
+            }
         }
     }
     Ok(options)
@@ -141,7 +145,12 @@ async fn run() -> Result<(), String> {
         .bucket(BUCKET)
         .send()
         .await
-        .map_err(|e| format!("create bucket: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        .map_err(|e| {
+            format!(
+                "create bucket: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })?;
 
     let work = tempfile::tempdir().map_err(|e| format!("temp dir: {e}"))?;
     let meta = work.path().join("metadata");
@@ -214,12 +223,16 @@ async fn run() -> Result<(), String> {
         let reference: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| format!("answer is not JSON: {e}"))?;
         if reference["sha256"] != sha.as_str() || reference["size"] != options.size {
-            return Err(format!("the reference does not match the file: {reference}"));
+            return Err(format!(
+                "the reference does not match the file: {reference}"
+            ));
         }
         let key = reference["key"].as_str().unwrap_or_default();
         let stored = object_sha(&s3, key).await?;
         if stored != sha {
-            return Err(format!("the stored object's SHA-256 {stored} is not the file's {sha}"));
+            return Err(format!(
+                "the stored object's SHA-256 {stored} is not the file's {sha}"
+            ));
         }
         println!("run {run}: engine  {:.1} MB/s ({secs:.2} s)", mb / secs);
         engine_runs.push(mb / secs);
@@ -239,7 +252,8 @@ async fn run() -> Result<(), String> {
         "ceiling_mb_s": ceiling, "engine_mb_s": engine_runs,
         "median_ratio": e / c, "engine_peak_rss_mb": peak,
     });
-    std::fs::write(&options.json, json.to_string()).map_err(|e| format!("{}: {e}", options.json.display()))?;
+    std::fs::write(&options.json, json.to_string())
+        .map_err(|e| format!("{}: {e}", options.json.display()))?;
     Ok(())
 }
 
@@ -285,7 +299,9 @@ async fn write_file(path: &Path, size: u64) -> Result<String, String> {
             .map_err(|e| format!("{}: {e}", path.display()))?;
         written += n as u64;
     }
-    out.flush().await.map_err(|e| format!("{}: {e}", path.display()))?;
+    out.flush()
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
     let sha = hex::encode(hasher.finalize());
     std::fs::write(&sha_path, &sha).map_err(|e| format!("{}: {e}", sha_path.display()))?;
     Ok(sha)
@@ -302,7 +318,12 @@ async fn ceiling_upload(s3: &Client, file: &Path, size: u64, run: usize) -> Resu
         .content_type("application/octet-stream")
         .send()
         .await
-        .map_err(|e| format!("create upload: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        .map_err(|e| {
+            format!(
+                "create upload: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })?;
     let upload_id = created.upload_id().unwrap_or_default().to_string();
     let mut input = tokio::fs::File::open(file)
         .await
@@ -333,7 +354,9 @@ async fn ceiling_upload(s3: &Client, file: &Path, size: u64, run: usize) -> Resu
                 .body(ByteStream::from(buffer))
                 .send()
                 .await
-                .map_err(|e| format!("upload part: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| {
+                    format!("upload part: {}", aws_sdk_s3::error::DisplayErrorContext(e))
+                })?;
             Ok::<_, String>(
                 CompletedPart::builder()
                     .part_number(number)
@@ -351,10 +374,19 @@ async fn ceiling_upload(s3: &Client, file: &Path, size: u64, run: usize) -> Resu
         .bucket(BUCKET)
         .key(&key)
         .upload_id(&upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+        .multipart_upload(
+            CompletedMultipartUpload::builder()
+                .set_parts(Some(parts))
+                .build(),
+        )
         .send()
         .await
-        .map_err(|e| format!("complete upload: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+        .map_err(|e| {
+            format!(
+                "complete upload: {}",
+                aws_sdk_s3::error::DisplayErrorContext(e)
+            )
+        })?;
     Ok(started.elapsed().as_secs_f64())
 }
 
@@ -399,7 +431,12 @@ async fn clear_bucket(s3: &Client) -> Result<(), String> {
                 .key(key)
                 .send()
                 .await
-                .map_err(|e| format!("delete {key}: {}", aws_sdk_s3::error::DisplayErrorContext(e)))?;
+                .map_err(|e| {
+                    format!(
+                        "delete {key}: {}",
+                        aws_sdk_s3::error::DisplayErrorContext(e)
+                    )
+                })?;
         }
     }
     Ok(())

@@ -21,9 +21,9 @@ use tokio_util::sync::CancellationToken;
 use crate::dispatch::{self, ConnLimits};
 use crate::metadata::{Loader, Metadata, Problem};
 use crate::observe::Metrics;
+use crate::offload::{Files, Scanner};
 use crate::queue::{Callout, Enqueued, Millis, NewCallout, Store, StoreError};
 use crate::wrapper;
-use crate::offload::{Files, Scanner};
 use crate::wrapper::oauth::TokenSources;
 
 /// Reads an environment variable, for secret references.
@@ -550,6 +550,27 @@ fn write_scalar<T: serde::Serialize + ?Sized>(value: &T, out: &mut HashWriter) {
     let _ = serde_json::to_writer(out, value);
 }
 
+/// Deletes expired files (their objects, then their references) every `sweep_interval`, with
+/// the files bucket of the current version, until shutdown.
+async fn sweep_loop(inner: Arc<Inner>) {
+    let mut tick = tokio::time::interval(inner.config.sweep_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = inner.shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Some(files) = inner.current.load().files.clone() else {
+            continue;
+        };
+        match files.sweep(now_millis()).await {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "expired files deleted"),
+            Err(err) => tracing::warn!(error = %err, "expired files could not be looked for"),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -631,26 +652,5 @@ mod tests {
             request_hash("f.g", &serde_json::json!({"a": 1})),
             "e333c5fca3f9b1eccc13a662e1e4bd5cba87a5e48c6d2fd92afd2416f47e576f"
         );
-    }
-}
-
-/// Deletes expired files (their objects, then their references) every `sweep_interval`, with
-/// the files bucket of the current version, until shutdown.
-async fn sweep_loop(inner: Arc<Inner>) {
-    let mut tick = tokio::time::interval(inner.config.sweep_interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = inner.shutdown.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Some(files) = inner.current.load().files.clone() else {
-            continue;
-        };
-        match files.sweep(now_millis()).await {
-            Ok(0) => {}
-            Ok(removed) => tracing::info!(removed, "expired files deleted"),
-            Err(err) => tracing::warn!(error = %err, "expired files could not be looked for"),
-        }
     }
 }

@@ -13,8 +13,8 @@ use std::time::Duration;
 use url::Url;
 
 use super::config::{
-    ApiKeyLocation, HttpMethod, OAuth2ClientAuth, S3Checksums, S3Operation, ServerSideEncryption, SoapVersion,
-    WsPasswordType,
+    ApiKeyLocation, HttpMethod, OAuth2ClientAuth, S3Checksums, S3Operation, ServerSideEncryption,
+    SoapVersion, WsPasswordType,
 };
 use super::problem::Problem;
 use super::values::{Rate, SecretRef};
@@ -187,7 +187,10 @@ impl Default for FilesPolicy {
             key_prefix: "files/".into(),
             max_size: 5 * 1024 * 1024 * 1024,
             part_size: 8 * 1024 * 1024,
-            content_types: DEFAULT_CONTENT_TYPES.iter().map(|s| s.to_string()).collect(),
+            content_types: DEFAULT_CONTENT_TYPES
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
             link_ttl: Duration::from_secs(15 * 60),
             retention: Duration::from_secs(30 * 24 * 3600),
         }

@@ -90,13 +90,17 @@ impl Files {
         store: Arc<dyn Store>,
         scanner: Option<Arc<Scanner>>,
     ) -> Option<Result<Files, String>> {
-        let (connection, policy) = metadata.connections.values().find_map(|c| match &c.protocol {
-            Protocol::S3 {
-                files: Some(policy),
-                ..
-            } => Some((c, policy.clone())),
-            _ => None,
-        })?;
+        let (connection, policy) =
+            metadata
+                .connections
+                .values()
+                .find_map(|c| match &c.protocol {
+                    Protocol::S3 {
+                        files: Some(policy),
+                        ..
+                    } => Some((c, policy.clone())),
+                    _ => None,
+                })?;
         let secret = crate::wrapper::registry::secret_reader(connection, env);
         Some(S3Bucket::new(connection, &secret).map(|bucket| Files {
             bucket: Arc::new(bucket),
@@ -124,8 +128,7 @@ impl Files {
     {
         let content_type = normalise_content_type(&incoming.content_type)
             .unwrap_or_else(|| "application/octet-stream".to_string());
-        if incoming.untrusted && !content_type_allowed(&content_type, &self.policy.content_types)
-        {
+        if incoming.untrusted && !content_type_allowed(&content_type, &self.policy.content_types) {
             return Err(FileError::ContentType(
                 content_type,
                 self.policy.content_types.join(", "),
@@ -228,7 +231,11 @@ impl Files {
     ///
     /// # Errors
     /// The link cannot be signed.
-    pub async fn link(&self, record: &FileRecord, now: Millis) -> Result<(String, Millis), S3Error> {
+    pub async fn link(
+        &self,
+        record: &FileRecord,
+        now: Millis,
+    ) -> Result<(String, Millis), S3Error> {
         let left = Duration::from_millis(record.expires_at.saturating_sub(now).max(1000) as u64);
         let ttl = self.policy.link_ttl.min(left);
         let url = self
@@ -268,7 +275,9 @@ impl Files {
             let batch = expired.len();
             let mut progress = false;
             for record in expired {
-                if record.bucket != self.bucket.bucket || record.connection != self.bucket.connection {
+                if record.bucket != self.bucket.bucket
+                    || record.connection != self.bucket.connection
+                {
                     // Stored in a bucket this metadata no longer names: forget the reference
                     // only if that bucket is gone from the metadata for good is not knowable;
                     // keep it, and say so.

@@ -64,11 +64,17 @@ pub fn ascii_safe(name: &str) -> String {
 
 /// `type/subtype` in lowercase without parameters, if `raw` is one.
 pub fn normalise_content_type(raw: &str) -> Option<String> {
-    let essence = raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    let essence = raw
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
     let (kind, sub) = essence.split_once('/')?;
     let token = |s: &str| {
         !s.is_empty()
-            && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
     };
     (token(kind) && token(sub)).then_some(essence)
 }
@@ -96,7 +102,10 @@ mod tests {
     #[test]
     fn a_name_keeps_only_its_last_component() {
         assert_eq!(sanitise_name("../../etc/passwd").as_deref(), Some("passwd"));
-        assert_eq!(sanitise_name("C:\\Users\\a\\report.pdf").as_deref(), Some("report.pdf"));
+        assert_eq!(
+            sanitise_name("C:\\Users\\a\\report.pdf").as_deref(),
+            Some("report.pdf")
+        );
         assert_eq!(sanitise_name("..").as_deref(), None);
         assert_eq!(sanitise_name("/").as_deref(), None);
         assert_eq!(sanitise_name(" . ").as_deref(), None);

@@ -138,9 +138,8 @@ impl S3Bucket {
         };
         let (keys, anonymous) = match &connection.auth {
             Auth::Aws { keys: Some(keys) } => {
-                let read = |r: &SecretRef| {
-                    secret(r).map_err(|why| format!("connection `{name}`: {why}"))
-                };
+                let read =
+                    |r: &SecretRef| secret(r).map_err(|why| format!("connection `{name}`: {why}"));
                 let token = keys.session_token.as_ref().map(read).transpose()?;
                 (
                     Some((
@@ -412,10 +411,9 @@ impl S3Bucket {
         if let Some(id) = &self.settings.kms_key_id {
             request = request.ssekms_key_id(id);
         }
-        let created = request
-            .send()
-            .await
-            .map_err(|err| UploadError::Storage(self.failed("starting the upload of", key, &err)))?;
+        let created = request.send().await.map_err(|err| {
+            UploadError::Storage(self.failed("starting the upload of", key, &err))
+        })?;
         let upload_id = created.upload_id().unwrap_or_default().to_string();
         if upload_id.is_empty() {
             return Err(UploadError::Storage(S3Error {
@@ -539,10 +537,9 @@ impl S3Bucket {
                 listed.push(Listed {
                     key: object.key().unwrap_or_default().to_string(),
                     size: object.size().map_or(0, |n| n.max(0) as u64),
-                    last_modified: object.last_modified().and_then(|t| {
-                        t.fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime)
-                            .ok()
-                    }),
+                    last_modified: object
+                        .last_modified()
+                        .and_then(|t| t.fmt(aws_sdk_s3::primitives::DateTimeFormat::DateTime).ok()),
                 });
             }
             match page.next_continuation_token() {
@@ -581,7 +578,11 @@ impl Drop for Multipart {
         self.sending.abort_all();
         let (key, upload_id) = (self.key.clone(), self.upload_id.clone());
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            tracing::warn!(connection, key, "a cancelled multipart upload could not be aborted: no runtime; its parts stay until the bucket's lifecycle removes them");
+            tracing::warn!(
+                connection,
+                key,
+                "a cancelled multipart upload could not be aborted: no runtime; its parts stay until the bucket's lifecycle removes them"
+            );
             return;
         };
         runtime.spawn(async move {
@@ -608,7 +609,11 @@ impl Multipart {
         let number = self.next_part;
         self.next_part += 1;
         let client = bucket.client().await.clone();
-        let (name, key, upload_id) = (bucket.bucket.clone(), self.key.clone(), self.upload_id.clone());
+        let (name, key, upload_id) = (
+            bucket.bucket.clone(),
+            self.key.clone(),
+            self.upload_id.clone(),
+        );
         let failed = FailContext {
             connection: bucket.connection.clone(),
             bucket: bucket.bucket.clone(),
@@ -734,7 +739,10 @@ impl FailContext {
                 .err()
                 .message()
                 .or(service.err().code())
-                .map_or_else(|| format!("status {}", service.raw().status().as_u16()), str::to_string),
+                .map_or_else(
+                    || format!("status {}", service.raw().status().as_u16()),
+                    str::to_string,
+                ),
             other => DisplayErrorContext(other).to_string(),
         };
         S3Error {
@@ -760,7 +768,13 @@ fn sse_of(sse: ServerSideEncryption) -> aws_sdk_s3::types::ServerSideEncryption 
 pub fn content_disposition(name: &str) -> String {
     let plain: String = name
         .chars()
-        .map(|c| if c.is_ascii_graphic() || c == ' ' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_graphic() || c == ' ' {
+                c
+            } else {
+                '_'
+            }
+        })
         .filter(|c| *c != '"' && *c != '\\')
         .collect();
     let encoded =

@@ -11,8 +11,8 @@ use serde_json::json;
 use switchboard::controller::CallerAuth;
 use switchboard::metadata::Loader;
 use switchboard::queue::{
-    Attempt, Callout, Claimed, Enqueued, FileRecord, Finish, Finished, ListQuery, Millis, NewCallout,
-    SqliteStore, Status, Store, StoreError, Transition,
+    Attempt, Callout, Claimed, Enqueued, FileRecord, Finish, Finished, ListQuery, Millis,
+    NewCallout, SqliteStore, Status, Store, StoreError, Transition,
 };
 use switchboard::server::{self, Server, ServerConfig};
 use tempfile::TempDir;

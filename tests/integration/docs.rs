@@ -59,7 +59,11 @@ fn every_yaml_example_in_the_files_guide_is_valid() {
     let path = support::root().join("docs/files.md");
     let markdown = std::fs::read_to_string(&path).expect("docs/files.md is readable");
     let blocks = yaml_blocks(&markdown);
-    assert_eq!(blocks.len(), 2, "the files guide shows a files bucket and a REST connection");
+    assert_eq!(
+        blocks.len(),
+        2,
+        "the files guide shows a files bucket and a REST connection"
+    );
     // Together, as one folder: `body_file` needs the files bucket beside it.
     let files: Vec<(String, &str)> = blocks
         .iter()
