@@ -864,3 +864,67 @@ async fn the_s3_server_stopping_mid_upload_is_a_502_and_the_engine_recovers() {
     );
     assert_eq!(bench.references().await, 1);
 }
+
+/// Retention: a reference past its `expires_at` is no longer served, and the sweep deletes its
+/// object, then the reference; one not yet expired is kept with its object.
+#[tokio::test]
+async fn expired_references_are_refused_and_swept_with_their_objects() {
+    let Some(bench) = Bench::start("{ retention: 2h }", |_| {}).await else {
+        return;
+    };
+    let files = bench
+        .server
+        .server
+        .engine
+        .version()
+        .files
+        .clone()
+        .expect("the metadata has a files bucket");
+    let old = bench
+        .upload_ok("/v1/files?name=old.pdf", b"old bytes")
+        .await;
+    let old_id = old["id"].as_str().expect("an id");
+    let old_record = files
+        .find(old_id, switchboard::engine::now_millis())
+        .await
+        .expect("the store answers")
+        .expect("a fresh reference is found");
+    assert_eq!(
+        old_record.expires_at - old_record.created_at,
+        2 * 3600 * 1000,
+        "retention: 2h"
+    );
+    // The next upload in a later millisecond, so that it expires strictly later.
+    while switchboard::engine::now_millis() <= old_record.created_at {
+        tokio::task::yield_now().await;
+    }
+    let kept = bench
+        .upload_ok("/v1/files?name=kept.pdf", b"kept bytes")
+        .await;
+
+    // From its expiry on, the old reference is not found; the other one still is.
+    let at = old_record.expires_at;
+    let found = |id: String| {
+        let files = files.clone();
+        async move { files.find(&id, at).await.expect("the store answers") }
+    };
+    assert!(found(old_id.to_string()).await.is_none());
+    let kept_id = kept["id"].as_str().expect("an id").to_string();
+    assert!(found(kept_id.clone()).await.is_some());
+
+    // The sweep at that moment deletes the old object and reference only.
+    assert_eq!(files.sweep(at).await.expect("the sweep runs"), 1);
+    assert_eq!(
+        s3::keys(&bench.s3, &bench.bucket).await,
+        vec![kept["key"].as_str().expect("a key").to_string()]
+    );
+    assert_eq!(bench.references().await, 1);
+    let gone = bench.get(&format!("/v1/files/{old_id}"), &[]).await;
+    assert_eq!(gone.status, StatusCode::NOT_FOUND, "{}", gone.body);
+    let still = bench
+        .get(&format!("/v1/files/{kept_id}?format=json"), &[])
+        .await;
+    assert_eq!(still.status, StatusCode::OK, "{}", still.body);
+    // A second sweep at the same moment finds nothing more.
+    assert_eq!(files.sweep(at).await.expect("the sweep runs"), 0);
+}
