@@ -101,6 +101,15 @@ impl Files {
                     } => Some((c, policy.clone())),
                     _ => None,
                 })?;
+        // The same network policy as every other connection: a private address needs
+        // `allow_private_network` (an address written out; a host name is resolved by the
+        // storage client itself).
+        if let Some(endpoint) = &connection.endpoint
+            && let Err(refused) =
+                crate::wrapper::net::check_url(endpoint, connection.allow_private_network)
+        {
+            return Some(Err(format!("connection `{}`: {refused}", connection.name)));
+        }
         let secret = crate::wrapper::registry::secret_reader(connection, env);
         Some(S3Bucket::new(connection, &secret).map(|bucket| Files {
             bucket: Arc::new(bucket),
@@ -154,6 +163,12 @@ impl Files {
             max_size: self.policy.max_size,
             part_size: self.policy.part_size,
         };
+        // Until the reference is recorded, a cancelled store (a caller that went away, a
+        // deadline) leaves an object nothing points to: the guard deletes it.
+        let mut orphan = Orphan {
+            bucket: Some(self.bucket.clone()),
+            key: key.clone(),
+        };
         let uploaded = self
             .bucket
             .upload(&key, &content_type, &metadata, body, limits, tap)
@@ -164,6 +179,12 @@ impl Files {
                 if let Some(verdict) = verdict {
                     verdict.cancel();
                 }
+                // A storage request that failed may still have stored the object (a timeout
+                // after the server finished): delete it all the same.
+                if matches!(err, UploadError::Storage(_)) {
+                    self.forget_object(&key).await;
+                }
+                orphan.disarm();
                 return Err(err.into());
             }
         };
@@ -171,8 +192,11 @@ impl Files {
             && let Err(rejection) = verdict.verdict().await
         {
             self.forget_object(&key).await;
+            orphan.disarm();
             return Err(FileError::Rejected(rejection));
         }
+        // Retention counts from when the file is complete.
+        let now = crate::engine::now_millis();
         let record = FileRecord {
             id,
             connection: self.bucket.connection.clone(),
@@ -188,8 +212,10 @@ impl Files {
         };
         if let Err(err) = self.store.insert_file(&record).await {
             self.forget_object(&key).await;
+            orphan.disarm();
             return Err(FileError::Store(err));
         }
+        orphan.disarm();
         Ok(record)
     }
 
@@ -214,7 +240,7 @@ impl Files {
         }
     }
 
-    /// A file's reference, if it exists and has not expired at `now`.
+    /// A file's reference, if it exists, has not expired at `now` and is in this bucket.
     ///
     /// # Errors
     /// The store failed.
@@ -223,7 +249,12 @@ impl Files {
             .store
             .file(id)
             .await?
-            .filter(|record| record.expires_at > now))
+            .filter(|record| record.expires_at > now && self.holds(record)))
+    }
+
+    /// Whether the file is in this files bucket (not in one an earlier metadata named).
+    fn holds(&self, record: &FileRecord) -> bool {
+        record.bucket == self.bucket.bucket && record.connection == self.bucket.connection
     }
 
     /// A fresh presigned link to the file, living the bucket's `link_ttl` (never beyond the
@@ -275,13 +306,15 @@ impl Files {
             let batch = expired.len();
             let mut progress = false;
             for record in expired {
-                if record.bucket != self.bucket.bucket
-                    || record.connection != self.bucket.connection
-                {
-                    // Stored in a bucket this metadata no longer names: forget the reference
-                    // only if that bucket is gone from the metadata for good is not knowable;
-                    // keep it, and say so.
-                    tracing::warn!(file = %record.id, bucket = %record.bucket, "an expired file is in a bucket that is no longer the files bucket; it is kept");
+                if !self.holds(&record) {
+                    // Stored in a bucket that is no longer the files bucket (the metadata moved
+                    // `files:`): that bucket is not ours to clean any more, but the expired
+                    // reference goes, so that the sweep moves on.
+                    tracing::warn!(file = %record.id, connection = %record.connection, bucket = %record.bucket, key = %record.key, "an expired file is in a bucket that is no longer the files bucket; its reference is removed and its object left to that bucket's own lifecycle");
+                    if self.store.delete_file(&record.id).await? {
+                        removed += 1;
+                    }
+                    progress = true;
                     continue;
                 }
                 match self.bucket.delete(&record.key).await {
@@ -300,6 +333,37 @@ impl Files {
                 return Ok(removed);
             }
         }
+    }
+}
+
+/// Deletes, when dropped armed, an object whose reference was not recorded (in a task of its
+/// own: the store that made it was cancelled).
+struct Orphan {
+    bucket: Option<Arc<S3Bucket>>,
+    key: String,
+}
+
+impl Orphan {
+    fn disarm(&mut self) {
+        self.bucket = None;
+    }
+}
+
+impl Drop for Orphan {
+    fn drop(&mut self) {
+        let Some(bucket) = self.bucket.take() else {
+            return;
+        };
+        let key = std::mem::take(&mut self.key);
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!(connection = %bucket.connection, key, "a cancelled upload's object could not be deleted: no runtime");
+            return;
+        };
+        runtime.spawn(async move {
+            if let Err(err) = bucket.delete(&key).await {
+                tracing::warn!(connection = %bucket.connection, key, error = %err, "a cancelled upload's object could not be deleted");
+            }
+        });
     }
 }
 

@@ -700,7 +700,7 @@ impl Multipart {
     /// failed abort is logged: the bucket's lifecycle rule for incomplete uploads is the
     /// backstop.
     async fn abort(mut self, bucket: &S3Bucket) {
-        self.pending = None;
+        // `pending` stays until the abort was answered: cancelled before, the drop aborts.
         self.sending.abort_all();
         while self.sending.join_next().await.is_some() {}
         let aborted = bucket
@@ -712,6 +712,7 @@ impl Multipart {
             .upload_id(&self.upload_id)
             .send()
             .await;
+        self.pending = None;
         if let Err(err) = aborted {
             tracing::warn!(
                 connection = %bucket.connection,

@@ -40,8 +40,17 @@ pub const MAX_KEY_BYTES: usize = 1024;
 /// Most objects a `list` returns.
 pub const MAX_LISTED: usize = 1000;
 
-/// Bytes per part when a `put` copies a stored file.
+/// Bytes per part when a `put` copies a stored file, unless the file needs larger parts.
 const PUT_PART_SIZE: u64 = 8 * 1024 * 1024;
+
+/// Most parts one multipart upload may have (S3's limit).
+const MAX_PARTS: u64 = 10_000;
+
+/// The part size of a `put` of `size` bytes: [`PUT_PART_SIZE`], or larger so that the file
+/// fits in [`MAX_PARTS`] parts.
+fn put_part_size(size: u64) -> u64 {
+    PUT_PART_SIZE.max(size.div_ceil(MAX_PARTS))
+}
 
 /// Runs the callouts of one `s3` connection.
 pub struct S3Wrapper {
@@ -295,7 +304,7 @@ impl S3Wrapper {
         let content_type = f.content_type.as_deref().unwrap_or(&record.content_type);
         let limits = UploadLimits {
             max_size: record.size,
-            part_size: PUT_PART_SIZE,
+            part_size: put_part_size(record.size),
         };
         let uploaded = self
             .bucket

@@ -14,7 +14,7 @@ use sha2::{Digest, Sha256};
 use switchboard::offload::{ScanHook, Scanner};
 use switchboard::server::ServerConfig;
 
-use crate::support::engine::{KEY, TestServer};
+use crate::support::engine::{KEY, POLL, TestServer};
 use crate::support::s3;
 
 const MIB: usize = 1024 * 1024;
@@ -927,4 +927,56 @@ async fn expired_references_are_refused_and_swept_with_their_objects() {
     assert_eq!(still.status, StatusCode::OK, "{}", still.body);
     // A second sweep at the same moment finds nothing more.
     assert_eq!(files.sweep(at).await.expect("the sweep runs"), 0);
+}
+
+/// A store cancelled after its object was stored but before its reference was recorded (here:
+/// while the scan is still deciding) deletes the object: nothing stays that no reference
+/// points to.
+#[tokio::test]
+async fn a_store_cancelled_before_its_reference_is_recorded_leaves_no_object() {
+    let slow_verdict = "cat >/dev/null; exec sleep 30";
+    let Some(bench) = Bench::start("{}", scan_with(slow_verdict)).await else {
+        return;
+    };
+    let files = bench
+        .server
+        .server
+        .engine
+        .version()
+        .files
+        .clone()
+        .expect("the metadata has a files bucket");
+    let storing = tokio::spawn(async move {
+        let incoming = switchboard::offload::Incoming {
+            name: Some("late.pdf".into()),
+            content_type: "application/pdf".into(),
+            origin: "upload".into(),
+            untrusted: true,
+        };
+        let body = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from_static(
+            b"%PDF-1.7 a small file",
+        ))]);
+        files.store(incoming, body).await
+    });
+    // The object is in the bucket while the scan is pending.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while s3::keys(&bench.s3, &bench.bucket).await.is_empty() {
+        assert!(Instant::now() < deadline, "the object was never stored");
+        assert!(
+            !storing.is_finished(),
+            "the store ended before the scan: {storing:?}"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    storing.abort();
+    assert!(storing.await.expect_err("aborted").is_cancelled());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !s3::keys(&bench.s3, &bench.bucket).await.is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the cancelled store's object is still there"
+        );
+        tokio::time::sleep(POLL).await;
+    }
+    assert_eq!(bench.references().await, 0);
 }

@@ -379,3 +379,13 @@ fn debug_shows_no_credential() {
         assert!(!debug.contains(canary), "{debug}");
     }
 }
+
+#[test]
+fn a_put_of_a_huge_file_takes_parts_large_enough_for_the_part_limit() {
+    assert_eq!(put_part_size(0), PUT_PART_SIZE);
+    assert_eq!(put_part_size(50 * 1024 * 1024), PUT_PART_SIZE);
+    let huge = 100 * 1024 * 1024 * 1024; // 100 GiB: 12,800 parts of 8 MiB
+    let part = put_part_size(huge);
+    assert!(part > PUT_PART_SIZE);
+    assert!(huge.div_ceil(part) <= MAX_PARTS);
+}
