@@ -154,6 +154,10 @@ struct ServeArgs {
     /// bucket's `max_size` bounds).
     #[arg(long, default_value_t = switchboard::controller::DEFAULT_BODY_LIMIT)]
     max_body_bytes: usize,
+    /// Uploads to `POST /v1/files` at once (each holds up to three parts of the files
+    /// bucket's `part_size` in memory); more are answered 503 with `Retry-After`.
+    #[arg(long, default_value_t = switchboard::controller::DEFAULT_MAX_CONCURRENT_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    max_concurrent_uploads: u32,
     /// Scan every upload with this program before its reference is handed out: the program
     /// and its arguments, split at whitespace (no quoting, no shell), like
     /// "clamdscan --no-summary -". The file comes on its standard input; exit status 0 is
@@ -331,6 +335,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.max_concurrent_callouts = args.max_concurrent_callouts.max(1);
     config.auth = auth;
     config.body_limit = args.max_body_bytes;
+    config.max_concurrent_uploads = args.max_concurrent_uploads as usize;
     config.sweep_interval = args.sweep_interval;
     let hook = match (args.scan_command, args.scan_clamd) {
         (Some(command), _) => Some(ScanHook::Command(

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub max_concurrent_callouts: usize,
     pub auth: CallerAuth,
     pub body_limit: usize,
+    /// Uploads to `POST /v1/files` at once; more are answered `503`.
+    pub max_concurrent_uploads: usize,
     pub shutdown_grace: Duration,
     /// Run callouts (off: accept and store them only).
     pub dispatch: bool,
@@ -45,6 +47,7 @@ impl ServerConfig {
             max_concurrent_callouts: 25,
             auth: CallerAuth::Open,
             body_limit: controller::DEFAULT_BODY_LIMIT,
+            max_concurrent_uploads: controller::DEFAULT_MAX_CONCURRENT_UPLOADS,
             shutdown_grace: Duration::from_secs(30),
             dispatch: true,
             scan: None,
@@ -154,6 +157,9 @@ pub async fn start_with_store(
         engine: engine.clone(),
         auth: config.auth.clone(),
         body_limit: config.body_limit,
+        uploads: Arc::new(tokio::sync::Semaphore::new(
+            config.max_concurrent_uploads.max(1),
+        )),
     };
     let stop = CancellationToken::new();
     let stopped = stop.clone();

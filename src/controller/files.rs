@@ -58,6 +58,25 @@ pub async fn upload(
     request: Request,
 ) -> Result<Response, ApiError> {
     let files = files_bucket(&state)?;
+    let Ok(_place) = state.uploads.clone().try_acquire_owned() else {
+        state.engine.metrics().file_rejected("busy");
+        let mut busy = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_uploads",
+            "the most uploads this server takes at once are under way (--max-concurrent-uploads); try again shortly",
+        )
+        .into_response();
+        let waits_to_send = request
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !waits_to_send {
+            drain_later(request.into_body().into_data_stream());
+        }
+        busy.headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        return Ok(busy);
+    };
     let Query(params) = params.map_err(|e| {
         ApiError::invalid(format!(
             "the query does not fit: {}; expected only `name`",

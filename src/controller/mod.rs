@@ -45,7 +45,13 @@ pub struct AppState {
     pub engine: Engine,
     pub auth: CallerAuth,
     pub body_limit: usize,
+    /// Places for uploads to `POST /v1/files` at once (each holds up to three parts in
+    /// memory); an upload that finds none is answered `503` with `Retry-After`.
+    pub uploads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Uploads to `POST /v1/files` at once, by default.
+pub const DEFAULT_MAX_CONCURRENT_UPLOADS: usize = 16;
 
 /// The API's routes.
 pub fn router(state: AppState) -> Router {

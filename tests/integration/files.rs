@@ -980,3 +980,71 @@ async fn a_store_cancelled_before_its_reference_is_recorded_leaves_no_object() {
     }
     assert_eq!(bench.references().await, 0);
 }
+
+/// `--max-concurrent-uploads`: while the one place is taken, another upload is answered `503`
+/// with `Retry-After` and stores nothing; once the first is done, uploads are taken again.
+#[tokio::test]
+async fn uploads_beyond_the_limit_are_told_to_come_back() {
+    let Some(bench) = Bench::start("{}", |config| config.max_concurrent_uploads = 1).await else {
+        return;
+    };
+    let (feed, chunks) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(1);
+    let slow = {
+        let request = bench
+            .http
+            .post(bench.url("/v1/files?name=slow.bin"))
+            .bearer_auth(KEY)
+            .header("content-type", "application/octet-stream")
+            .body(reqwest::Body::wrap_stream(tokio_stream_of(chunks)));
+        tokio::spawn(
+            async move { answer(request.send().await.expect("POST reaches the server")).await },
+        )
+    };
+    feed.send(Ok(Bytes::from_static(b"first half, ")))
+        .await
+        .expect("the upload reads");
+    // Until the slow upload holds the place, a second one may still get it; then it is refused.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let refused = loop {
+        assert!(
+            Instant::now() < deadline,
+            "no upload was refused while one was under way"
+        );
+        let other = bench
+            .post(
+                "/v1/files",
+                b"x".to_vec(),
+                &[("content-type", "application/octet-stream")],
+            )
+            .await;
+        if other.status == StatusCode::SERVICE_UNAVAILABLE {
+            break other;
+        }
+        assert_eq!(other.status, StatusCode::CREATED, "{}", other.body);
+        tokio::time::sleep(POLL).await;
+    };
+    assert_eq!(
+        refused.body["error"]["code"], "too_many_uploads",
+        "{}",
+        refused.body
+    );
+    assert_eq!(refused.headers["retry-after"], "1");
+    let before = s3::keys(&bench.s3, &bench.bucket).await.len();
+
+    feed.send(Ok(Bytes::from_static(b"second half")))
+        .await
+        .expect("the upload reads");
+    drop(feed);
+    let done = slow.await.expect("the slow upload ends");
+    assert_eq!(done.status, StatusCode::CREATED, "{}", done.body);
+    assert_eq!(done.body["size"], json!(23));
+    assert_eq!(s3::keys(&bench.s3, &bench.bucket).await.len(), before + 1);
+    bench.upload_ok("/v1/files", b"after").await;
+}
+
+/// The items of a channel as a stream.
+fn tokio_stream_of<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures_util::Stream<Item = T> + Send + 'static {
+    futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}
