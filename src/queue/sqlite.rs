@@ -54,6 +54,8 @@ use super::{
 };
 
 #[cfg(test)]
+mod proptests;
+#[cfg(test)]
 mod tests;
 mod writer;
 
