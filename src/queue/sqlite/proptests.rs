@@ -625,8 +625,8 @@ fn queue_state_machine_matches_the_model() {
         panic!("{err}");
     }
     let t = totals.into_inner();
-    println!(
-        "FIGURE 9 property | queue state machine against its model | {} sequences, {} steps: \
+    let line = format!(
+        "9 property | queue state machine against its model | {} sequences, {} steps: \
          {} callouts, {} claims, {} results recorded, {} stale results fenced, {} replays, \
          {} cancels, {} restarts; 0 lost, 0 terminal claimed, peak {} running ≤ cap {CAP}",
         t.sequences,
@@ -640,4 +640,18 @@ fn queue_state_machine_matches_the_model() {
         t.restarts,
         t.peak_running
     );
+    println!("FIGURE {line}");
+    // Beside the figures of the reliability suite (tests/reliability), which scripts/test prints.
+    let figures = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/reliability-figures.txt"
+    );
+    if let Ok(mut file) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(figures)
+    {
+        use std::io::Write;
+        let _ = file.write_all(format!("{line}\n").as_bytes());
+    }
 }
