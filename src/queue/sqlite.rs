@@ -123,9 +123,7 @@ pub struct SqliteStore {
 
 /// Takes the exclusive lock that makes an engine the only user of the database at `db`.
 fn lock_file(url: &str, db: &std::path::Path) -> Result<std::fs::File, StoreError> {
-    let mut path = db.as_os_str().to_owned();
-    path.push(".lock");
-    let path = std::path::PathBuf::from(path);
+    let path = lock_path(db);
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
@@ -149,6 +147,20 @@ fn lock_file(url: &str, db: &std::path::Path) -> Result<std::fs::File, StoreErro
             path.display()
         ))),
     }
+}
+
+/// `PATH.lock` beside the database's real file: every path to the same file — through a
+/// symbolic link, which SQLite follows too (its `-wal` is the real file's), or `..` — takes the
+/// same lock. A file not created yet is named in its real folder.
+fn lock_path(db: &std::path::Path) -> std::path::PathBuf {
+    let real = std::fs::canonicalize(db).ok().or_else(|| {
+        let folder = db.parent().filter(|p| !p.as_os_str().is_empty());
+        let folder = std::fs::canonicalize(folder.unwrap_or(std::path::Path::new("."))).ok()?;
+        Some(folder.join(db.file_name()?))
+    });
+    let mut path = real.unwrap_or_else(|| db.to_path_buf()).into_os_string();
+    path.push(".lock");
+    std::path::PathBuf::from(path)
 }
 
 impl SqliteStore {

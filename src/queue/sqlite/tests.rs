@@ -391,6 +391,40 @@ async fn group_aborted_twice_fails_as_a_whole() {
 }
 
 #[tokio::test]
+async fn group_that_cannot_begin_fails_at_once_as_unavailable() {
+    let (store, dir) = open_store().await;
+    let mut writer = Writer::open(
+        &path(&dir),
+        Duration::from_millis(50),
+        Arc::new(AtomicU64::new(0)),
+        true,
+    )
+    .unwrap();
+    // Another process holds the write lock past the busy timeout.
+    let locker = rusqlite::Connection::open(path(&dir)).unwrap();
+    locker.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let (first, first_answer) = enqueue_op(vec![callout("c1", "acme", T0)]);
+    let (second, second_answer) = enqueue_op(vec![callout("c2", "acme", T0)]);
+
+    writer.commit_group(vec![first, second]);
+
+    // Not run again op by op: that would wait out the busy timeout a second time.
+    assert_eq!(writer.fallbacks, 0);
+    for answer in [first_answer, second_answer] {
+        assert_eq!(
+            answer.await.unwrap().unwrap_err().to_string(),
+            "the store is unavailable: begin a write transaction: (code: 5) database is locked"
+        );
+    }
+    locker.execute_batch("ROLLBACK").unwrap();
+    let (next, next_answer) = enqueue_op(vec![callout("c3", "acme", T0)]);
+    writer.commit_group(vec![next]);
+    assert!(next_answer.await.unwrap().is_ok());
+    assert_eq!(store.get("c1").await.unwrap(), None);
+    assert!(store.get("c3").await.unwrap().is_some());
+}
+
+#[tokio::test]
 async fn calls_after_the_writer_is_gone_are_closed() {
     let (mut store, _dir) = open_store().await;
     // A writer that dies with operations in hand (they are dropped unanswered), then is gone.
@@ -691,6 +725,22 @@ async fn a_second_engine_cannot_open_a_file_in_use() {
     SqliteStore::open(&url(&dir))
         .await
         .expect("free again once the first is gone");
+}
+
+#[tokio::test]
+async fn a_second_engine_cannot_open_a_file_in_use_through_a_symbolic_link() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = SqliteStore::open(&url(&dir)).await.unwrap();
+    let link = dir.path().join("link.db");
+    std::os::unix::fs::symlink(path(&dir), &link).unwrap();
+    let through = format!("sqlite://{}", link.display());
+    let Err(StoreError::Failed(message)) = SqliteStore::open(&through).await else {
+        panic!("a second store on the same file, through a link, must be refused");
+    };
+    assert!(
+        message.contains("is in use by another switchboard engine"),
+        "{message}"
+    );
 }
 
 #[tokio::test]

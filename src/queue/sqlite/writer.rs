@@ -260,8 +260,24 @@ impl Writer {
     /// If its failure aborts the whole transaction (SQLite does that on a full disk or an I/O
     /// error), it answers its error and the rest of the group runs again, once, without it. A
     /// group that still cannot commit answers that failure to every operation in it.
+    ///
+    /// A transaction that cannot begin (the database locked by another process past the busy
+    /// timeout) fails the whole group at once: no operation ran, and running them op by op
+    /// would only wait out the busy timeout a second time.
     pub(super) fn commit_group(&mut self, mut group: Vec<Op>) {
         if self.merge {
+            if let Err(err) = execute(&self.conn, "BEGIN IMMEDIATE") {
+                let err = store_error("begin a write transaction", err);
+                tracing::warn!(
+                    error = %err,
+                    size = group.len(),
+                    "a write group failed; none of it was stored"
+                );
+                for op in group {
+                    op.answer(Some(&err));
+                }
+                return;
+            }
             match self.try_merged(&mut group) {
                 Ok(()) => {
                     self.commits.fetch_add(1, Ordering::Relaxed);
@@ -324,19 +340,17 @@ impl Writer {
         }
     }
 
-    /// The fast way to run `group`: in one transaction, every enqueue of the group as one
-    /// `INSERT`, every result as one `UPDATE` and one journal `INSERT`, then the other
-    /// operations one by one, and commit — a few statements a group instead of a few a
-    /// callout, and no savepoints. Any failure (rare: a full disk, a duplicate id, a row that
-    /// cannot be read) fails the whole attempt; the caller rolls back and runs the group op by
-    /// op ([`Writer::try_group`]), which isolates the failure. Operations in one group are
-    /// concurrent (none waits for another's answer), so running the enqueues, then the
-    /// results, then the rest is one of the orders they could have run in.
+    /// The fast way to run `group`, in the transaction [`Writer::commit_group`] began: every
+    /// enqueue of the group as one `INSERT`, every result as one `UPDATE` and one journal
+    /// `INSERT`, then the other operations one by one, and commit — a few statements a group
+    /// instead of a few a callout, and no savepoints. Any failure (rare: a full disk, a
+    /// duplicate id, a row that cannot be read) fails the whole attempt; the caller rolls back
+    /// and runs the group op by op ([`Writer::try_group`]), which isolates the failure.
+    /// Operations in one group are concurrent (none waits for another's answer), so running
+    /// the enqueues, then the results, then the rest is one of the orders they could have run
+    /// in.
     fn try_merged(&mut self, group: &mut [Op]) -> Result<(), StoreError> {
         let conn = &self.conn;
-        execute(conn, "BEGIN IMMEDIATE")
-            .map_err(|err| store_error("begin a write transaction", err))?;
-
         let batches: Vec<&[NewCallout]> = group
             .iter()
             .filter_map(|op| match op {
