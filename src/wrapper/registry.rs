@@ -124,6 +124,12 @@ fn build(
             (fname.clone(), request)
         })
         .collect();
+    // The client's resolver refuses names with private addresses, but an IP literal never
+    // meets it: refuse a private endpoint here, as the built-in wrappers do before each call.
+    if let Some(endpoint) = &connection.endpoint {
+        net::check_url(endpoint, connection.allow_private_network)
+            .map_err(|refused| format!("connection `{name}`: endpoint: {refused}"))?;
+    }
     let cx = BuildContext {
         connection: name.clone(),
         endpoint: connection.endpoint.as_ref().map(|u| u.to_string()),
@@ -188,6 +194,71 @@ mod tests {
         let names: Vec<&str> = BUILT_IN.iter().map(|(name, _)| *name).collect();
         let unique: BTreeSet<&str> = names.iter().copied().collect();
         assert_eq!(names.len(), unique.len(), "{names:?}");
+    }
+
+    /// A plugin type whose calls succeed without touching the network.
+    struct Offline;
+
+    struct OfflineWrapper;
+
+    #[async_trait]
+    impl Wrapper for OfflineWrapper {
+        async fn call(&self, _call: Call<'_>) -> Outcome {
+            Outcome::success(serde_json::json!({}), None, 0)
+        }
+    }
+
+    impl switchboard_sdk::ConnectorType for Offline {
+        fn type_name(&self) -> &'static str {
+            "offline"
+        }
+
+        fn validate_settings(&self, _settings: &serde_json::Value) -> Vec<switchboard_sdk::Issue> {
+            Vec::new()
+        }
+
+        fn validate_request(&self, _request: &serde_json::Value) -> Vec<switchboard_sdk::Issue> {
+            Vec::new()
+        }
+
+        fn build(&self, _cx: BuildContext) -> Result<Arc<dyn Wrapper>, String> {
+            Ok(Arc::new(OfflineWrapper))
+        }
+    }
+
+    #[test]
+    fn a_plugin_connection_on_a_private_endpoint_is_refused_unless_allowed() {
+        let dir = tempfile::tempdir().expect("a temp folder");
+        for (name, endpoint, allow) in [
+            ("metadata", "http://169.254.169.254/latest", false),
+            ("local", "http://0x7f000001:8080/", true),
+            ("public", "https://ledger.example.com/api", false),
+        ] {
+            let yaml = format!(
+                "connection: {name}\ntype: offline\nendpoint: {endpoint}\nallow_private_network: {allow}\nfunctions:\n  post: {{ request: {{}} }}\n"
+            );
+            std::fs::write(dir.path().join(format!("{name}.yaml")), yaml).expect("write");
+        }
+        let mut loader = Loader::new();
+        loader.register(Box::new(Offline)).expect("registers");
+        let metadata = match loader.load(dir.path()).expect("readable") {
+            Ok(metadata) => metadata,
+            Err(problems) => panic!("{problems:?}"),
+        };
+        let w = build_all(
+            &metadata,
+            &loader,
+            &|_| None,
+            &TokenSources::default(),
+            None,
+        );
+        assert_eq!(
+            w.warnings,
+            vec![
+                "connection `metadata`: endpoint: host `169.254.169.254` is a private or reserved address; private addresses are refused unless the connection sets `allow_private_network: true`"
+            ]
+        );
+        assert_eq!(w.by_connection.len(), 3);
     }
 
     #[test]

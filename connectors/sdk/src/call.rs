@@ -69,7 +69,10 @@ pub struct BuildContext {
     /// Each function's name and `request`.
     pub functions: Vec<(String, Value)>,
     /// An HTTP client with the connection's timeouts and network policy; use it rather than
-    /// building one, so that limits and the private-network rule hold.
+    /// building one, so that limits and the private-network rule hold. The rule holds for host
+    /// names (checked when resolved), redirects and the `endpoint` (a private one fails the
+    /// connection's calls with `config` unless `allow_private_network` is set); a URL with an
+    /// IP-literal host that the plugin builds from anything else is not checked by the client.
     pub http: reqwest::Client,
 }
 
