@@ -82,6 +82,10 @@ fn is_forbidden_v6(ip: Ipv6Addr) -> bool {
     if s[..5] == [0; 5] && (s[5] == 0xffff || s[5] == 0) {
         return is_forbidden_v4(embedded(s[6], s[7]));
     }
+    // IPv4-translated ::ffff:0:a.b.c.d (RFC 2765) too.
+    if s[..4] == [0; 4] && s[4] == 0xffff && s[5] == 0 {
+        return is_forbidden_v4(embedded(s[6], s[7]));
+    }
     // NAT64, 64:ff9b::/96, carries an IPv4 address; the local-use 64:ff9b:1::/48 is private.
     if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
         return is_forbidden_v4(embedded(s[6], s[7]));
@@ -422,6 +426,8 @@ mod tests {
             "::ffff:10.0.0.1",
             "::127.0.0.1",
             "::10.1.2.3",
+            "::ffff:0:127.0.0.1",
+            "::ffff:0:a9fe:a9fe",
             "64:ff9b::127.0.0.1",
             "64:ff9b::a9fe:a9fe",
             "2002:7f00:1::1",
