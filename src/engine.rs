@@ -353,6 +353,7 @@ impl Engine {
         } = self.check(requests, now_millis());
         if !batch.is_empty() {
             let stored = self.inner.store.enqueue(batch).await?;
+            crate::failpoint::hit(crate::failpoint::ENQUEUE_COMMITTED);
             for (slot, outcome) in slots.into_iter().zip(stored) {
                 answers[slot] = Some(match outcome {
                     Enqueued::Created(c) => Ok(Accepted::Created(c)),

@@ -7,6 +7,7 @@ pub mod controller;
 pub mod demo;
 pub mod dispatch;
 pub mod engine;
+pub mod failpoint;
 pub mod import;
 pub mod metadata;
 pub mod observe;

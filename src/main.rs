@@ -145,6 +145,8 @@ struct ServeArgs {
     #[arg(long, default_value_t = 25)]
     max_concurrent_callouts: usize,
     /// File with one caller key per line (besides SWITCHBOARD_API_KEYS, comma-separated).
+    /// Re-read on SIGHUP: a key removed from the file is refused from then on (if the file
+    /// cannot be read then, or holds no key, the keys in use are kept).
     #[arg(long)]
     api_key_file: Option<PathBuf>,
     /// Turn caller authentication off (development only).
@@ -154,6 +156,15 @@ struct ServeArgs {
     /// bucket's `max_size` bounds).
     #[arg(long, default_value_t = switchboard::controller::DEFAULT_BODY_LIMIT)]
     max_body_bytes: usize,
+    /// Longest a client may take to send a request's line and headers, like `10s`, counted
+    /// from the connection's accept and from each answer on a kept-alive connection: a slower
+    /// client, or a connection idle that long, is disconnected.
+    #[arg(long, default_value = "10s", value_parser = header_timeout)]
+    header_timeout: std::time::Duration,
+    /// Connections open at once; more wait in the listen backlog until one closes. At start
+    /// the soft limit of open files is raised to the hard limit, which should be above this.
+    #[arg(long, default_value_t = switchboard::controller::DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: u32,
     /// Uploads to `POST /v1/files` at once (each holds up to three parts of the files
     /// bucket's `part_size` in memory); more are answered 503 with `Retry-After`.
     #[arg(long, default_value_t = switchboard::controller::DEFAULT_MAX_CONCURRENT_UPLOADS as u32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
@@ -180,6 +191,12 @@ struct ServeArgs {
     /// How often expired file references are looked for (their objects deleted), like `60s`.
     #[arg(long, default_value = "60s", value_parser = sweep_interval)]
     sweep_interval: std::time::Duration,
+    /// Shortest lease of a claimed callout, like `60s`: a callout whose result is not
+    /// recorded within its lease (or twice the longest timeout of any connection, if longer)
+    /// is run again, and a late result of the first run is refused. Expired leases are looked
+    /// for every quarter of it.
+    #[arg(long, default_value = "60s", value_parser = min_lease)]
+    min_lease: std::time::Duration,
 }
 
 /// `--scan-command`: a program and its arguments (split at whitespace when used).
@@ -222,7 +239,15 @@ fn scan_timeout(text: &str) -> Result<std::time::Duration, String> {
     duration_up_to(text, std::time::Duration::from_secs(3600))
 }
 
+fn header_timeout(text: &str) -> Result<std::time::Duration, String> {
+    duration_up_to(text, std::time::Duration::from_secs(3600))
+}
+
 fn sweep_interval(text: &str) -> Result<std::time::Duration, String> {
+    duration_up_to(text, std::time::Duration::from_secs(24 * 3600))
+}
+
+fn min_lease(text: &str) -> Result<std::time::Duration, String> {
     duration_up_to(text, std::time::Duration::from_secs(24 * 3600))
 }
 
@@ -307,8 +332,36 @@ fn caller_keys(file: Option<&Path>) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
+/// Raises the soft limit of open files to the hard limit, as servers holding many
+/// connections do (the soft limit is often 1,024); returns the limit in force.
+fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(err) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!(error = %err, soft = ?limit.current, "cannot raise the limit of open files");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 async fn serve(args: ServeArgs) -> ExitCode {
     switchboard::observe::init_logging("info");
+    let open_files = raise_open_files_limit();
+    if let Some(open_files) = open_files
+        && open_files < u64::from(args.max_connections)
+    {
+        tracing::warn!(
+            open_files,
+            max_connections = args.max_connections,
+            "the limit of open files is below --max-connections; past it, connections wait"
+        );
+    }
+    let mut ring = None;
     let auth = if args.dev {
         tracing::warn!(
             "DEV MODE: caller authentication is OFF; anyone who can reach {} can enqueue callouts",
@@ -323,7 +376,11 @@ async fn serve(args: ServeArgs) -> ExitCode {
                 );
                 return ExitCode::from(2);
             }
-            Ok(keys) => CallerAuth::Keys(std::sync::Arc::new(keys)),
+            Ok(keys) => {
+                let keys = switchboard::controller::KeyRing::new(keys);
+                ring = Some(keys.clone());
+                CallerAuth::Ring(keys)
+            }
             Err(message) => {
                 eprintln!("error: {message}");
                 return ExitCode::from(2);
@@ -335,8 +392,13 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.max_concurrent_callouts = args.max_concurrent_callouts.max(1);
     config.auth = auth;
     config.body_limit = args.max_body_bytes;
+    config.connections = switchboard::controller::ConnectionLimits {
+        header_timeout: args.header_timeout,
+        max_connections: args.max_connections as usize,
+    };
     config.max_concurrent_uploads = args.max_concurrent_uploads as usize;
     config.sweep_interval = args.sweep_interval;
+    config.min_lease = args.min_lease;
     let hook = match (args.scan_command, args.scan_clamd) {
         (Some(command), _) => Some(ScanHook::Command(
             command.split_whitespace().map(str::to_string).collect(),
@@ -366,14 +428,57 @@ async fn serve(args: ServeArgs) -> ExitCode {
     tracing::info!(addr = %server.addr, metadata = %args.metadata.display(), db = %args.db, "switchboard is serving");
     let stop = server.stop_token();
     let engine = server.engine.clone();
-    tokio::spawn(signals(stop, engine));
+    let keys = ring.map(|ring| CallerKeys {
+        ring,
+        file: args.api_key_file.clone(),
+    });
+    tokio::spawn(signals(stop, engine, keys));
     server.run_until_stopped().await;
     tracing::info!("switchboard stopped");
     ExitCode::SUCCESS
 }
 
-/// SIGTERM and SIGINT stop the server gracefully; SIGHUP reloads the metadata.
-async fn signals(stop: tokio_util::sync::CancellationToken, engine: switchboard::engine::Engine) {
+/// The caller keys in use and where they come from, read again on SIGHUP.
+struct CallerKeys {
+    ring: switchboard::controller::KeyRing,
+    file: Option<PathBuf>,
+}
+
+impl CallerKeys {
+    /// Reads the keys again and puts them in use; keeps the keys in use when they cannot be
+    /// read or there are none. Logs how many keys, never a key.
+    fn reload(&self) {
+        let file = self
+            .file
+            .as_deref()
+            .map_or_else(|| "-".to_string(), |f| f.display().to_string());
+        match caller_keys(self.file.as_deref()) {
+            Ok(keys) if keys.is_empty() => tracing::error!(
+                file,
+                kept = self.ring.len(),
+                "caller keys not reloaded on SIGHUP: there are none; the keys in use are kept"
+            ),
+            Ok(keys) => {
+                let count = keys.len();
+                self.ring.replace(keys);
+                tracing::info!(keys = count, file, "caller keys reloaded on SIGHUP");
+            }
+            Err(message) => tracing::error!(
+                error = message,
+                kept = self.ring.len(),
+                "caller keys not reloaded on SIGHUP; the keys in use are kept"
+            ),
+        }
+    }
+}
+
+/// SIGTERM and SIGINT stop the server gracefully; SIGHUP reloads the metadata and the caller
+/// keys.
+async fn signals(
+    stop: tokio_util::sync::CancellationToken,
+    engine: switchboard::engine::Engine,
+    keys: Option<CallerKeys>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
         signal(SignalKind::terminate()),
@@ -387,14 +492,19 @@ async fn signals(stop: tokio_util::sync::CancellationToken, engine: switchboard:
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => match engine.reload() {
-                Ok(n) => tracing::info!(connections = n, "metadata reloaded on SIGHUP"),
-                Err(problems) => {
-                    for p in &problems {
-                        tracing::error!(problem = %p, "reload refused");
+            _ = hup.recv() => {
+                if let Some(keys) = &keys {
+                    keys.reload();
+                }
+                match engine.reload() {
+                    Ok(n) => tracing::info!(connections = n, "metadata reloaded on SIGHUP"),
+                    Err(problems) => {
+                        for p in &problems {
+                            tracing::error!(problem = %p, "reload refused");
+                        }
                     }
                 }
-            },
+            }
         }
     }
     tracing::info!("stopping: no new callouts are claimed; in-flight calls may finish");

@@ -26,6 +26,8 @@ pub struct ServerConfig {
     pub max_concurrent_callouts: usize,
     pub auth: CallerAuth,
     pub body_limit: usize,
+    /// The header read timeout and the cap on open connections of the HTTP API.
+    pub connections: controller::ConnectionLimits,
     /// Uploads to `POST /v1/files` at once; more are answered `503`.
     pub max_concurrent_uploads: usize,
     pub shutdown_grace: Duration,
@@ -36,6 +38,8 @@ pub struct ServerConfig {
     pub scan: Option<Scanner>,
     /// How often expired file references are looked for (their objects deleted).
     pub sweep_interval: Duration,
+    /// Shortest lease of a claim ([`EngineConfig::min_lease`]).
+    pub min_lease: Duration,
 }
 
 impl ServerConfig {
@@ -47,11 +51,13 @@ impl ServerConfig {
             max_concurrent_callouts: 25,
             auth: CallerAuth::Open,
             body_limit: controller::DEFAULT_BODY_LIMIT,
+            connections: controller::ConnectionLimits::default(),
             max_concurrent_uploads: controller::DEFAULT_MAX_CONCURRENT_UPLOADS,
             shutdown_grace: Duration::from_secs(30),
             dispatch: true,
             scan: None,
             sweep_interval: EngineConfig::default().sweep_interval,
+            min_lease: EngineConfig::default().min_lease,
         }
     }
 }
@@ -139,6 +145,7 @@ pub async fn start_with_store(
         dispatch: config.dispatch,
         scan: config.scan.clone(),
         sweep_interval: config.sweep_interval,
+        min_lease: config.min_lease,
         ..EngineConfig::default()
     };
     let engine = Engine::start(engine_config, store, loader).await?;
@@ -163,9 +170,12 @@ pub async fn start_with_store(
     };
     let stop = CancellationToken::new();
     let stopped = stop.clone();
-    let http = tokio::spawn(controller::serve(listener, state, async move {
-        stopped.cancelled().await
-    }));
+    let http = tokio::spawn(controller::serve(
+        listener,
+        state,
+        config.connections,
+        async move { stopped.cancelled().await },
+    ));
     Ok(Server {
         addr,
         engine,

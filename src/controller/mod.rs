@@ -10,10 +10,12 @@ mod callouts;
 mod connections;
 pub mod error;
 mod files;
+mod listen;
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, FromRequest, Request, State};
 use axum::http::{StatusCode, header};
@@ -26,17 +28,79 @@ use serde_json::json;
 use crate::engine::Engine;
 pub use callouts::rfc3339;
 pub use error::ApiError;
+pub use listen::{ConnectionLimits, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
 
 /// Default limit of a request body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
 
 /// Who may call the API.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum CallerAuth {
     /// Only these keys.
     Keys(Arc<Vec<String>>),
+    /// Only the keys the ring holds now (replaced while serving: `serve` re-reads its key file
+    /// on SIGHUP, so a key removed from it is refused from then on).
+    Ring(KeyRing),
     /// Anyone (dev mode).
     Open,
+}
+
+impl CallerAuth {
+    /// Whether `key` is accepted, compared in constant time with every key.
+    fn accepts(&self, key: &str) -> bool {
+        let matches = |keys: &[String]| {
+            keys.iter().fold(false, |found, k| {
+                found | constant_time_eq(k.as_bytes(), key.as_bytes())
+            })
+        };
+        match self {
+            CallerAuth::Keys(keys) => matches(keys),
+            CallerAuth::Ring(ring) => matches(&ring.0.load()),
+            CallerAuth::Open => true,
+        }
+    }
+}
+
+/// Prints how many keys, never a key.
+impl std::fmt::Debug for CallerAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CallerAuth::Keys(keys) => write!(f, "Keys({} keys: ***)", keys.len()),
+            CallerAuth::Ring(ring) => write!(f, "Ring({} keys: ***)", ring.len()),
+            CallerAuth::Open => f.write_str("Open"),
+        }
+    }
+}
+
+/// Caller keys that can be replaced while the server runs; clones share the keys.
+#[derive(Clone, Default)]
+pub struct KeyRing(Arc<ArcSwap<Vec<String>>>);
+
+impl KeyRing {
+    pub fn new(keys: Vec<String>) -> KeyRing {
+        KeyRing(Arc::new(ArcSwap::from_pointee(keys)))
+    }
+
+    /// Replaces every key at once: requests checked from now on see only `keys`.
+    pub fn replace(&self, keys: Vec<String>) {
+        self.0.store(Arc::new(keys));
+    }
+
+    /// How many keys it holds.
+    pub fn len(&self) -> usize {
+        self.0.load().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Prints how many keys, never a key.
+impl std::fmt::Debug for KeyRing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyRing({} keys: ***)", self.len())
+    }
 }
 
 /// What every handler sees.
@@ -95,16 +159,18 @@ pub fn router(state: AppState) -> Router {
 }
 
 async fn require_key(State(state): State<Arc<AppState>>, request: Request, next: Next) -> Response {
-    let CallerAuth::Keys(keys) = &state.auth else {
+    if matches!(state.auth, CallerAuth::Open) {
         return next.run(request).await;
-    };
+    }
     let given = request
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             let (scheme, key) = v.split_once(' ')?;
-            scheme.eq_ignore_ascii_case("bearer").then_some(key.trim())
+            let key = key.trim();
+            // An empty key is no key (401), as docs/api.md says.
+            (scheme.eq_ignore_ascii_case("bearer") && !key.is_empty()).then_some(key)
         });
     match given {
         None => ApiError::new(
@@ -113,13 +179,7 @@ async fn require_key(State(state): State<Arc<AppState>>, request: Request, next:
             "missing caller key; send `Authorization: Bearer KEY`",
         )
         .into_response(),
-        Some(key)
-            if keys
-                .iter()
-                .any(|k| constant_time_eq(k.as_bytes(), key.as_bytes())) =>
-        {
-            next.run(request).await
-        }
+        Some(key) if state.auth.accepts(key) => next.run(request).await,
         Some(_) => ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",
@@ -169,17 +229,30 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
 
     async fn from_request(req: Request, state: &Arc<AppState>) -> Result<Self, ApiError> {
         let limit = state.body_limit;
+        let too_large = || {
+            ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "body_too_large",
+                format!("the request body is over the limit of {limit} bytes"),
+            )
+        };
+        // A declared length over the limit is refused at once: reading would only wait for
+        // bytes that are refused anyway, and a client that never sends them holds the request.
+        let declared = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            return Err(too_large());
+        }
         let bytes = axum::body::to_bytes(req.into_body(), limit)
             .await
             .map_err(|err| {
-                let too_large = std::error::Error::source(&err)
+                let over = std::error::Error::source(&err)
                     .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
-                if too_large {
-                    ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "body_too_large",
-                        format!("the request body is over the limit of {limit} bytes"),
-                    )
+                if over {
+                    too_large()
                 } else {
                     ApiError::bad_request(format!("the request body could not be read: {err}"))
                 }
@@ -220,18 +293,18 @@ fn starts_an_object(bytes: &[u8]) -> bool {
         .is_some_and(|b| *b == b'{')
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves.
+/// Serves the API on `listener` within `limits` until `shutdown` resolves, then lets the
+/// connections finish their requests (see [`listen::serve`]).
 ///
 /// # Errors
 /// The server failed.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: ConnectionLimits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    listen::serve(listener, router(state), limits, shutdown).await
 }
 
 /// The longest `wait` a caller may ask for.
@@ -247,6 +320,28 @@ mod tests {
             Ok(body) => format!("{body:?}"),
             Err(err) => format!("{} {}", err.status, err.body()),
         }
+    }
+
+    #[test]
+    fn a_key_ring_accepts_only_the_keys_it_holds_now() {
+        let ring = KeyRing::new(vec!["key-ann".into(), "key-bob".into()]);
+        let auth = CallerAuth::Ring(ring.clone());
+        assert!(auth.accepts("key-ann") && auth.accepts("key-bob"));
+        assert!(!auth.accepts("key-an") && !auth.accepts(""));
+        ring.replace(vec!["key-bob".into()]);
+        assert!(!auth.accepts("key-ann"), "a removed key is refused");
+        assert!(auth.accepts("key-bob"));
+        assert_eq!(ring.len(), 1);
+    }
+
+    #[test]
+    fn caller_keys_are_not_printed_by_debug() {
+        let keys = vec!["canary-key-7f3a".to_string(), "other".to_string()];
+        let printed = [
+            format!("{:?}", CallerAuth::Keys(Arc::new(keys.clone()))),
+            format!("{:?}", CallerAuth::Ring(KeyRing::new(keys))),
+        ];
+        assert_eq!(printed, ["Keys(2 keys: ***)", "Ring(2 keys: ***)"]);
     }
 
     #[test]
