@@ -202,13 +202,29 @@ impl Drop for InflightGuard {
 }
 
 /// Logs to stderr; `RUST_LOG` overrides `default` (like `info` or `switchboard=debug`).
+///
+/// The AWS SDK's `debug` and `trace` events are never logged, whatever `RUST_LOG` says: they
+/// print the resolved credentials (the access key id) with the request's whole configuration.
 pub fn init_logging(default: &str) {
+    use tracing_subscriber::layer::SubscriberExt as _;
+    use tracing_subscriber::util::SubscriberInitExt as _;
+    use tracing_subscriber::{Layer as _, filter::FilterExt as _};
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let _ = tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter.and(tracing_subscriber::filter::filter_fn(not_sdk_detail))),
+        )
         .try_init();
+}
+
+/// Whether an event may be logged: anything but a `debug` or `trace` event of the AWS SDK
+/// (targets `aws_*`), which prints credentials.
+fn not_sdk_detail(meta: &tracing::Metadata<'_>) -> bool {
+    *meta.level() <= tracing::Level::INFO || !meta.target().starts_with("aws_")
 }
 
 #[cfg(test)]
@@ -219,6 +235,41 @@ mod tests {
     fn value(text: &str, series: &str) -> Option<f64> {
         text.lines()
             .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+    }
+
+    #[test]
+    fn aws_sdk_debug_and_trace_events_are_not_logged() {
+        use tracing::Level;
+        let metadata = |level, target| {
+            tracing::Metadata::new(
+                "event",
+                target,
+                level,
+                None,
+                None,
+                None,
+                tracing::field::FieldSet::new(&[], tracing::callsite::Identifier(&CALLSITE)),
+                tracing::metadata::Kind::EVENT,
+            )
+        };
+        let sdk = "aws_smithy_runtime::client::orchestrator::endpoints";
+        assert!(!not_sdk_detail(&metadata(Level::TRACE, sdk)));
+        assert!(!not_sdk_detail(&metadata(Level::DEBUG, sdk)));
+        assert!(not_sdk_detail(&metadata(Level::INFO, sdk)));
+        assert!(not_sdk_detail(&metadata(Level::WARN, sdk)));
+        assert!(not_sdk_detail(&metadata(
+            Level::TRACE,
+            "switchboard::dispatch"
+        )));
+    }
+
+    struct Callsite;
+    static CALLSITE: Callsite = Callsite;
+    impl tracing::callsite::Callsite for Callsite {
+        fn set_interest(&self, _: tracing::subscriber::Interest) {}
+        fn metadata(&self) -> &tracing::Metadata<'_> {
+            unreachable!("not registered")
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use reqwest::StatusCode;
-use reqwest::header::{AUTHORIZATION, HeaderMap, HeaderName, HeaderValue};
+use reqwest::header::{AUTHORIZATION, CONTENT_ENCODING, HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use switchboard_sdk::{CallError, ErrorKind, Outcome};
 use url::Url;
@@ -226,6 +226,18 @@ impl Upstream {
         };
         let headers = response.headers().clone();
         let failed = ErrorKind::from_status(status.as_u16()).is_some();
+        if !failed && let Some(coding) = self.content_coding(&headers) {
+            // Switchboard asks for no coding and decodes none: such a body is unreadable (and
+            // a compressed one may inflate a thousandfold), so it is not read at all.
+            return Err(CallError::new(
+                ErrorKind::InvalidResponse,
+                format!(
+                    "`{}` answered with `Content-Encoding: {coding}`, which Switchboard does not \
+                     decode (it asks for no encoding); the body was not read",
+                    self.connection
+                ),
+            ));
+        }
         let excerpt_only = error_bodies == ErrorBodies::Excerpt && failed;
         let offload = match (&self.files, offload_for) {
             (Some(files), Some(callout_id)) if !failed => Some((files, callout_id)),
@@ -280,6 +292,23 @@ impl Upstream {
             }
         }
         Ok(answer(body, None))
+    }
+
+    /// The content coding of an answer (`gzip`, `br`, …) when it has one other than
+    /// `identity`, redacted and cut short for a message.
+    fn content_coding(&self, headers: &HeaderMap) -> Option<String> {
+        let codings: Vec<String> = headers
+            .get_all(CONTENT_ENCODING)
+            .iter()
+            .flat_map(|v| {
+                String::from_utf8_lossy(v.as_bytes())
+                    .split(',')
+                    .map(|c| c.trim().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            })
+            .filter(|c| !c.is_empty() && c != "identity")
+            .collect();
+        (!codings.is_empty()).then(|| truncate(&self.redactor.redact(&codings.join(", ")), 40))
     }
 
     /// Streams the rest of a successful answer, after the bytes in `read`, into `files` (see
@@ -579,8 +608,9 @@ pub(super) fn truncate(text: &str, max_chars: usize) -> String {
 }
 
 /// The wait a `Retry-After` value asks for, in seconds or as an HTTP date, capped at
-/// [`MAX_RETRY_AFTER`]. `None` when it cannot be read.
-fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
+/// [`MAX_RETRY_AFTER`]. `None` when it cannot be read. Public (hidden) for the fuzz targets.
+#[doc(hidden)]
+pub fn retry_after(value: &str, now: SystemTime) -> Option<Duration> {
     let value = value.trim();
     let wait = if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         Duration::from_secs(value.parse::<u64>().unwrap_or(u64::MAX))

@@ -111,6 +111,15 @@ impl TokenSources {
     }
 }
 
+/// The client credentials of a token request's `Authorization: Basic` header: client id and
+/// secret, each form-encoded, joined by `:`, in base64 (RFC 6749 section 2.3.1). A secret
+/// itself: a token endpoint that quotes the header it got must not reveal it.
+fn basic_credentials(client_id: &str, secret: &Secret) -> Secret {
+    let encode = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret.expose()));
+    Secret::new(base64(pair.as_bytes()))
+}
+
 /// An OAuth2 grant with its secrets read.
 struct Grant {
     token_url: Url,
@@ -125,6 +134,20 @@ struct Grant {
 }
 
 impl Grant {
+    /// The configured values every message hides: the client secret, also as the basic
+    /// credentials it is sent in, and the configured refresh token.
+    fn hidden(&self) -> Vec<Secret> {
+        let mut hidden = Vec::new();
+        if let Some(secret) = &self.client_secret {
+            hidden.push(secret.clone());
+            if self.client_auth == OAuth2ClientAuth::Basic {
+                hidden.push(basic_credentials(&self.client_id, secret));
+            }
+        }
+        hidden.extend(self.refresh_token.iter().cloned());
+        hidden
+    }
+
     /// The grant of an OAuth2 auth, its secrets read; `None` for other auth types.
     fn read(
         auth: &Auth,
@@ -277,13 +300,7 @@ impl TokenSource {
     ) -> Result<Arc<TokenSource>, String> {
         net::check_url(&grant.token_url, connection.allow_private_network)
             .map_err(|refused| format!("auth.token_url: {refused}"))?;
-        let mut seen = Vec::new();
-        if let Some(secret) = &grant.client_secret {
-            seen.push(secret.clone());
-        }
-        if let Some(token) = &grant.refresh_token {
-            seen.push(token.clone());
-        }
+        let seen = grant.hidden();
         Ok(Arc::new(TokenSource {
             connection: connection.name.clone(),
             client: net::http_client_without_redirects(connection)?,
@@ -540,20 +557,14 @@ impl TokenSource {
         headers.insert(ACCEPT, HeaderValue::from_static("application/json"));
         match (grant.client_auth, &grant.client_secret) {
             (OAuth2ClientAuth::Basic, Some(secret)) => {
-                // RFC 6749 section 2.3.1: both parts form-encoded before base64.
-                let encode = |s: &str| {
-                    url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>()
-                };
-                let pair = format!("{}:{}", encode(&grant.client_id), encode(secret.expose()));
-                let mut value =
-                    HeaderValue::from_str(&format!("Basic {}", base64(pair.as_bytes()))).map_err(
-                        |_| {
-                            self.error(
-                                ErrorKind::Auth,
-                                "the client credentials cannot be sent in a header".to_string(),
-                            )
-                        },
-                    )?;
+                let credentials = basic_credentials(&grant.client_id, secret);
+                let mut value = HeaderValue::from_str(&format!("Basic {}", credentials.expose()))
+                    .map_err(|_| {
+                    self.error(
+                        ErrorKind::Auth,
+                        "the client credentials cannot be sent in a header".to_string(),
+                    )
+                })?;
                 value.set_sensitive(true);
                 headers.insert(AUTHORIZATION, value);
             }
@@ -673,15 +684,8 @@ impl TokenSource {
             return;
         };
         change(&mut learned);
-        let next: Vec<Secret> = self
-            .grant
-            .client_secret
-            .iter()
-            .chain(&self.grant.refresh_token)
-            .chain(&learned.0)
-            .chain(&learned.1)
-            .cloned()
-            .collect();
+        let mut next = self.grant.hidden();
+        next.extend(learned.0.iter().chain(&learned.1).cloned());
         if let Ok(mut seen) = self.seen.lock() {
             *seen = next;
         }

@@ -27,8 +27,8 @@ use url::Url;
 
 use super::files;
 use super::http::{
-    Answer, Credentials, ErrorBodies, Redactor, Upstream, connection_headers, credentials,
-    header_name,
+    Answer, Credentials, ErrorBodies, Redactor, Upstream, connection_headers, credentials, excerpt,
+    header_name, truncate,
 };
 use super::oauth::TokenSources;
 use super::output::map_output;
@@ -381,6 +381,51 @@ impl RestWrapper {
         Ok((answer, bytes))
     }
 
+    /// The body of a successful answer as a value: `null` when empty, the JSON it holds, else
+    /// its text when it is UTF-8, else `{ "base64": … }`.
+    ///
+    /// # Errors
+    /// A message naming the connection when its content type says JSON and the body is not.
+    fn body_value(&self, answer: &Answer) -> Result<Value, String> {
+        let body = &answer.body;
+        if body.is_empty() {
+            return Ok(Value::Null);
+        }
+        let json_error = match serde_json::from_slice(body) {
+            Ok(value) => return Ok(value),
+            Err(err) => err,
+        };
+        let conn = &self.upstream.connection;
+        let content_type = answer
+            .headers
+            .get(CONTENT_TYPE)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+        let essence = content_type
+            .as_deref()
+            .and_then(|t| t.split(';').next())
+            .map(|t| t.trim().to_ascii_lowercase())
+            .unwrap_or_default();
+        if essence == "application/json" || essence.ends_with("+json") {
+            let essence = truncate(&self.upstream.redactor.redact(&essence), 80);
+            let size = body.len();
+            // Text is quoted (redacted, cut short); bytes that are not text are not.
+            return Err(match std::str::from_utf8(body) {
+                Ok(text) => format!(
+                    "`{conn}` answered with content type `{essence}` but a body that is not JSON ({size} bytes; {json_error}): {}",
+                    excerpt(self.upstream.redactor.redact(text).as_bytes())
+                ),
+                Err(_) => format!(
+                    "`{conn}` answered with content type `{essence}` but a body that is not JSON ({size} bytes, not even UTF-8 text)"
+                ),
+            });
+        }
+        Ok(match std::str::from_utf8(body) {
+            Ok(text) => Value::String(text.to_string()),
+            // As an S3 `get` gives them: bytes never passed on mangled.
+            Err(_) => serde_json::json!({ "base64": super::http::base64(body) }),
+        })
+    }
+
     /// The outcome of an answer: an error for an error status, else the mapped, checked data.
     fn outcome(&self, f: &RestFunction, call: &Call<'_>, answer: Answer, bytes: u64) -> Outcome {
         let code = answer.status.as_u16();
@@ -391,11 +436,12 @@ impl RestWrapper {
             // Not read: neither the output mapping nor the output schema applies.
             return Outcome::success(files::data(reference), Some(code), bytes);
         }
-        let body = if answer.body.is_empty() {
-            Value::Null
-        } else {
-            serde_json::from_slice(&answer.body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&answer.body).into()))
+        let body = match self.body_value(&answer) {
+            Ok(body) => body,
+            Err(message) => {
+                let error = CallError::new(ErrorKind::InvalidResponse, message);
+                return Outcome::failure(error, Some(code), bytes);
+            }
         };
         let data = map_output(&f.output, body);
         if let Some(schema) = &f.output_schema

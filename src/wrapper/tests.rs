@@ -640,6 +640,54 @@ async fn bodies_over_ten_mib_are_refused() {
 }
 
 #[tokio::test]
+async fn unreadable_answers_fail_and_binary_ones_pass_as_base64() {
+    // (head, body, message): a coding Switchboard does not decode (the body is not read at
+    // all), and a JSON content type with a body that is not JSON.
+    let cases: [(&'static str, &[u8], &str); 2] = [
+        (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Encoding: gzip\r\nContent-Length: 4\r\n\r\n",
+            b"\x1f\x8b\x08\x00",
+            "`echo` answered with `Content-Encoding: gzip`, which Switchboard does not decode (it asks for no encoding); the body was not read",
+        ),
+        (
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=utf-8\r\nContent-Length: 9\r\n\r\n",
+            b"{\"id\": 1,",
+            "`echo` answered with content type `application/json` but a body that is not JSON (9 bytes; EOF while parsing a value at line 1 column 9): {\"id\": 1,",
+        ),
+    ];
+    for (head, body, expected) in cases {
+        let port = raw_upstream(head, vec![body.to_vec()], Duration::ZERO).await;
+        let echo = wrapper(&wrappers(&[ECHO], port), "echo");
+        let outcome = call(echo.as_ref(), "text", json!({})).await;
+        let err = error(&outcome);
+        assert_eq!(err.kind, ErrorKind::InvalidResponse, "{}", err.message);
+        assert!(!err.retryable());
+        assert_eq!(err.message, expected);
+        assert_eq!(outcome.http_status, Some(200));
+    }
+    // Plain text stays a string; `identity` is no coding.
+    let port = raw_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Encoding: identity\r\nContent-Length: 5\r\n\r\n",
+        vec![b"hello".to_vec()],
+        Duration::ZERO,
+    )
+    .await;
+    let echo = wrapper(&wrappers(&[ECHO], port), "echo");
+    let outcome = call(echo.as_ref(), "text", json!({})).await;
+    assert_eq!(data(&outcome), &json!("hello"));
+    // Binary bytes are passed on as base64, never mangled into text.
+    let port = raw_upstream(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/octet-stream\r\nContent-Length: 4\r\n\r\n",
+        vec![b"\xff\xfe\x00\x80".to_vec()],
+        Duration::ZERO,
+    )
+    .await;
+    let echo = wrapper(&wrappers(&[ECHO], port), "echo");
+    let outcome = call(echo.as_ref(), "text", json!({})).await;
+    assert_eq!(data(&outcome), &json!({ "base64": "//4AgA==" }));
+}
+
+#[tokio::test]
 async fn a_dripping_body_times_out_at_the_deadline() {
     let drip: Vec<Vec<u8>> = (0..100).map(|_| b" ".to_vec()).collect();
     let port = raw_upstream(
