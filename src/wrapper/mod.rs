@@ -30,6 +30,9 @@ pub mod xml;
 #[cfg(test)]
 mod tests;
 
+/// The `Retry-After` parser, for the fuzz targets (`fuzz/`) only.
+#[doc(hidden)]
+pub use http::retry_after;
 pub use registry::{FailingWrapper, Wrappers, build_all};
 pub use rest::RestWrapper;
 pub use s3::S3Wrapper;
