@@ -161,6 +161,11 @@ struct ServeArgs {
     /// client, or a connection idle that long, is disconnected.
     #[arg(long, default_value = "10s", value_parser = header_timeout)]
     header_timeout: std::time::Duration,
+    /// Longest a request body may pause, like `30s`: a client that stops sending its body for
+    /// that long is answered 408 and disconnected (the server's own pauses, like an upload
+    /// waiting on storage, do not count).
+    #[arg(long, default_value = "30s", value_parser = body_timeout)]
+    body_timeout: std::time::Duration,
     /// Connections open at once; more wait in the listen backlog until one closes. At start
     /// the soft limit of open files is raised to the hard limit, which should be above this.
     #[arg(long, default_value_t = switchboard::controller::DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
@@ -236,6 +241,10 @@ fn duration_up_to(text: &str, max: std::time::Duration) -> Result<std::time::Dur
 }
 
 fn scan_timeout(text: &str) -> Result<std::time::Duration, String> {
+    duration_up_to(text, std::time::Duration::from_secs(3600))
+}
+
+fn body_timeout(text: &str) -> Result<std::time::Duration, String> {
     duration_up_to(text, std::time::Duration::from_secs(3600))
 }
 
@@ -395,6 +404,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.connections = switchboard::controller::ConnectionLimits {
         header_timeout: args.header_timeout,
         max_connections: args.max_connections as usize,
+        body_timeout: args.body_timeout,
     };
     config.max_concurrent_uploads = args.max_concurrent_uploads as usize;
     config.sweep_interval = args.sweep_interval;

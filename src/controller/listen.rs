@@ -20,12 +20,16 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tower_http::timeout::RequestBodyTimeout;
 
 /// Default longest time a client may take to send a request's head.
 pub const DEFAULT_HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Default cap on connections open at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+
+/// Default longest pause in a request body.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the loop waits after an accept error that is not one connection's (like running
 /// out of file descriptors), so that it does not spin.
@@ -40,6 +44,10 @@ pub struct ConnectionLimits {
     pub header_timeout: Duration,
     /// Connections open at once; more wait in the listen backlog until one closes.
     pub max_connections: usize,
+    /// Longest a request body may pause while the server waits for its next bytes; a client
+    /// that stops sending its body for that long gets `408 body_timeout` and its connection is
+    /// closed. A server that stops reading (an upload waiting on storage) does not count.
+    pub body_timeout: Duration,
 }
 
 impl Default for ConnectionLimits {
@@ -47,6 +55,7 @@ impl Default for ConnectionLimits {
         ConnectionLimits {
             header_timeout: DEFAULT_HEADER_TIMEOUT,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 }
@@ -67,7 +76,7 @@ pub async fn serve(
     limits: ConnectionLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let service = TowerToHyperService::new(router);
+    let service = TowerToHyperService::new(RequestBodyTimeout::new(router, limits.body_timeout));
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout);
@@ -115,6 +124,18 @@ pub async fn serve(
     stop.cancel();
     while connections.join_next().await.is_some() {}
     Ok(())
+}
+
+/// Whether reading a request body failed because it paused longer than the body timeout.
+pub fn body_timed_out(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(err) = cause {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cause = err.source();
+    }
+    false
 }
 
 /// Whether an accept error is one connection's (gone before it was accepted), not the

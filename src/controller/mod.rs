@@ -28,7 +28,9 @@ use serde_json::json;
 use crate::engine::Engine;
 pub use callouts::rfc3339;
 pub use error::ApiError;
-pub use listen::{ConnectionLimits, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS};
+pub use listen::{
+    ConnectionLimits, DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_TIMEOUT, DEFAULT_MAX_CONNECTIONS,
+};
 
 /// Default limit of a request body.
 pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
@@ -253,6 +255,12 @@ impl<T: DeserializeOwned> FromRequest<Arc<AppState>> for JsonBody<T> {
                     .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
                 if over {
                     too_large()
+                } else if listen::body_timed_out(&err) {
+                    ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "body_timeout",
+                        "the request body stopped arriving for longer than the server's body timeout",
+                    )
                 } else {
                     ApiError::bad_request(format!("the request body could not be read: {err}"))
                 }

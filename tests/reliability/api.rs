@@ -611,6 +611,56 @@ async fn slow_and_idle_clients_are_cut_off_by_the_header_timeout() {
     );
 }
 
+/// A body that stops arriving, with `--body-timeout 1s`: a client that sends a request's head
+/// and part of its declared body, then nothing, is answered `408 body_timeout` about 1 s after
+/// its last byte and disconnected; nothing is enqueued. Figure: when the answer came.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_that_stops_arriving_is_answered_408_by_the_body_timeout() {
+    let key = "key-bo-77d2";
+    let setup = Setup::start(ServeOptions {
+        args: vec!["--body-timeout".into(), "1s".into()],
+        key: Some(key.into()),
+        env: vec![("SWITCHBOARD_API_KEYS".into(), key.into())],
+        ..ServeOptions::default()
+    })
+    .await;
+    let timeout = Duration::from_secs(1);
+    let mut stream = TcpStream::connect(("127.0.0.1", setup.serve.port))
+        .await
+        .expect("connect");
+    let head = format!(
+        "POST /v1/callouts HTTP/1.1\r\nhost: sb\r\nauthorization: Bearer {key}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"function\": "
+    );
+    stream.write_all(head.as_bytes()).await.expect("send");
+    let stopped = Instant::now();
+    let (status, text) = read_answer(&mut stream, timeout * 5).await;
+    let answered = stopped.elapsed();
+    assert_eq!(status, 408, "{text}");
+    assert!(text.contains("\"body_timeout\""), "{text}");
+    assert!(
+        answered >= timeout - Duration::from_millis(100) && answered < timeout * 3,
+        "answered after {answered:?}"
+    );
+    let closed = wait_for_close(&mut stream, timeout * 5).await;
+    let (status, listed) = setup.serve.api.get("/v1/callouts").await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{listed}");
+    assert_eq!(
+        listed["callouts"].as_array().map(Vec::len),
+        Some(0),
+        "{listed}"
+    );
+    figure(
+        ITEM,
+        "a body that stops arriving is answered 408 and disconnected by --body-timeout",
+        &format!(
+            "body timeout 1 s: 408 body_timeout {} ms after the last byte, connection closed {} ms later; 0 enqueued",
+            answered.as_millis(),
+            closed.after.as_millis()
+        ),
+    );
+}
+
 /// The `p`-th percentile of `times` (sorted here).
 fn percentile(times: &mut [Duration], p: f64) -> Duration {
     times.sort_unstable();
