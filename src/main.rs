@@ -167,7 +167,8 @@ struct ServeArgs {
     #[arg(long, default_value = "30s", value_parser = body_timeout)]
     body_timeout: std::time::Duration,
     /// Connections open at once; more wait in the listen backlog until one closes. At start
-    /// the soft limit of open files is raised to the hard limit, which should be above this.
+    /// the soft limit of open files is raised to the hard limit; connections are capped 512
+    /// below it (files kept for the database, calls and uploads).
     #[arg(long, default_value_t = switchboard::controller::DEFAULT_MAX_CONNECTIONS as u32, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: u32,
     /// Uploads to `POST /v1/files` at once (each holds up to three parts of the files
@@ -341,6 +342,23 @@ fn caller_keys(file: Option<&Path>) -> Result<Vec<String>, String> {
     Ok(keys)
 }
 
+/// Open files kept for the engine's own use (the database, calls to services, uploads to the
+/// files bucket, metadata reloads) when the limit of open files caps the API's connections.
+const RESERVED_FILES: u64 = 512;
+
+/// `--max-connections`, lowered so that connections leave [`RESERVED_FILES`] of the limit of
+/// open files to the engine: a client opening connections must not starve the database and
+/// the callouts of descriptors. At least 16.
+fn connection_cap(max_connections: u32, open_files: Option<u64>) -> u32 {
+    match open_files {
+        Some(limit) => {
+            let room = limit.saturating_sub(RESERVED_FILES).max(16);
+            u32::try_from(room).map_or(max_connections, |room| max_connections.min(room))
+        }
+        None => max_connections,
+    }
+}
+
 /// Raises the soft limit of open files to the hard limit, as servers holding many
 /// connections do (the soft limit is often 1,024); returns the limit in force.
 fn raise_open_files_limit() -> Option<u64> {
@@ -361,13 +379,15 @@ fn raise_open_files_limit() -> Option<u64> {
 async fn serve(args: ServeArgs) -> ExitCode {
     switchboard::observe::init_logging("info");
     let open_files = raise_open_files_limit();
-    if let Some(open_files) = open_files
-        && open_files < u64::from(args.max_connections)
-    {
+    let max_connections = connection_cap(args.max_connections, open_files);
+    if max_connections < args.max_connections {
         tracing::warn!(
             open_files,
             max_connections = args.max_connections,
-            "the limit of open files is below --max-connections; past it, connections wait"
+            cap = max_connections,
+            reserved = RESERVED_FILES,
+            "the limit of open files is below --max-connections and the files the engine needs \
+             itself; at most `cap` connections are served at once, the others wait"
         );
     }
     let mut ring = None;
@@ -403,7 +423,7 @@ async fn serve(args: ServeArgs) -> ExitCode {
     config.body_limit = args.max_body_bytes;
     config.connections = switchboard::controller::ConnectionLimits {
         header_timeout: args.header_timeout,
-        max_connections: args.max_connections as usize,
+        max_connections: max_connections as usize,
         body_timeout: args.body_timeout,
     };
     config.max_concurrent_uploads = args.max_concurrent_uploads as usize;
@@ -784,4 +804,19 @@ fn functions(dir: &Path, format: Format) -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::connection_cap;
+
+    #[test]
+    fn connections_leave_room_for_the_engines_own_files() {
+        assert_eq!(connection_cap(10_000, None), 10_000);
+        assert_eq!(connection_cap(10_000, Some(1_048_576)), 10_000);
+        assert_eq!(connection_cap(10_000, Some(4_096)), 3_584);
+        assert_eq!(connection_cap(10_000, Some(1_024)), 512);
+        assert_eq!(connection_cap(10_000, Some(100)), 16);
+        assert_eq!(connection_cap(8, Some(100)), 8);
+    }
 }

@@ -216,7 +216,14 @@ pub fn init_logging(default: &str) {
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
-                .with_filter(filter.and(tracing_subscriber::filter::filter_fn(not_sdk_detail))),
+                .with_filter(
+                    filter.and(
+                        tracing_subscriber::filter::filter_fn(not_sdk_detail)
+                            // Keeps the filter's own hint (`and` takes the lower), so events
+                            // below it are not even built.
+                            .with_max_level_hint(tracing::level_filters::LevelFilter::TRACE),
+                    ),
+                ),
         )
         .try_init();
 }

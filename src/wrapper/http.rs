@@ -226,7 +226,13 @@ impl Upstream {
         };
         let headers = response.headers().clone();
         let failed = ErrorKind::from_status(status.as_u16()).is_some();
-        if !failed && let Some(coding) = self.content_coding(&headers) {
+        // An answer without a body (204, 304, `Content-Length: 0`) has nothing to decode.
+        let bodiless = matches!(status, StatusCode::NO_CONTENT | StatusCode::NOT_MODIFIED)
+            || response.content_length() == Some(0);
+        if !failed
+            && !bodiless
+            && let Some(coding) = self.content_coding(&headers)
+        {
             // Switchboard asks for no coding and decodes none: such a body is unreadable (and
             // a compressed one may inflate a thousandfold), so it is not read at all.
             return Err(CallError::new(

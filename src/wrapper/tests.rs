@@ -685,6 +685,16 @@ async fn unreadable_answers_fail_and_binary_ones_pass_as_base64() {
     let echo = wrapper(&wrappers(&[ECHO], port), "echo");
     let outcome = call(echo.as_ref(), "text", json!({})).await;
     assert_eq!(data(&outcome), &json!({ "base64": "//4AgA==" }));
+    // A coding on an answer without a body is no reason to fail: there is nothing to decode.
+    for head in [
+        "HTTP/1.1 204 No Content\r\nContent-Encoding: gzip\r\n\r\n",
+        "HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 0\r\n\r\n",
+    ] {
+        let port = raw_upstream(head, vec![], Duration::ZERO).await;
+        let echo = wrapper(&wrappers(&[ECHO], port), "echo");
+        let outcome = call(echo.as_ref(), "text", json!({})).await;
+        assert!(outcome.result.is_ok(), "{head}: {:?}", outcome.result);
+    }
 }
 
 #[tokio::test]

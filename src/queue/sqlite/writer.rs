@@ -267,6 +267,9 @@ impl Writer {
     pub(super) fn commit_group(&mut self, mut group: Vec<Op>) {
         if self.merge {
             if let Err(err) = execute(&self.conn, "BEGIN IMMEDIATE") {
+                // Should a transaction be left open (a failed ROLLBACK), end it, or no later
+                // group could begin.
+                self.rollback();
                 let err = store_error("begin a write transaction", err);
                 tracing::warn!(
                     error = %err,
