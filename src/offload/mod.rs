@@ -102,8 +102,8 @@ impl Files {
                     _ => None,
                 })?;
         // The same network policy as every other connection: a private address needs
-        // `allow_private_network` (an address written out; a host name is resolved by the
-        // storage client itself).
+        // `allow_private_network`. An address written out skips the resolver, so it is checked
+        // here; a host name meets the bucket client's guarded resolver on every request.
         if let Some(endpoint) = &connection.endpoint
             && let Err(refused) =
                 crate::wrapper::net::check_url(endpoint, connection.allow_private_network)

@@ -6,6 +6,14 @@
 //! reads the standard AWS credential chain (environment, profile, web identity, container and
 //! instance metadata), which may take a network round trip. Messages name the connection, the
 //! bucket and the key, never a credential.
+//!
+//! Requests to the bucket obey the outbound network policy (`wrapper::net`): the SDK's HTTP
+//! client is [`net::sdk_http_client`], whose resolver drops private addresses unless the
+//! connection sets `allow_private_network: true`, so an endpoint (or a virtual-hosted bucket
+//! name) that resolves only to such addresses is refused ([`S3Error::refused`]) and not
+//! retried. IP-literal endpoints skip the resolver; the S3 wrapper and the files bucket check
+//! them first. The credential chain keeps the SDK's own client: it must reach instance
+//! metadata.
 
 use std::time::Duration;
 
@@ -29,6 +37,7 @@ use url::Url;
 use crate::metadata::config::{S3Checksums, ServerSideEncryption};
 use crate::metadata::model::{Auth, Connection, Protocol};
 use crate::metadata::values::{Secret, SecretRef};
+use crate::wrapper::net;
 
 /// Parts of one multipart upload sent at once.
 const PARTS_IN_FLIGHT: usize = 2;
@@ -56,6 +65,7 @@ struct Settings {
     timeout: Duration,
     sse: Option<ServerSideEncryption>,
     kms_key_id: Option<String>,
+    allow_private: bool,
 }
 
 /// How an upload is bounded.
@@ -96,6 +106,9 @@ pub struct S3Error {
     pub code: Option<String>,
     /// Whether trying again later may work (no answer, a 5xx, throttling).
     pub transient: bool,
+    /// The network policy refused the endpoint: its name resolves only to private addresses
+    /// and the connection does not set `allow_private_network: true`.
+    pub refused: bool,
 }
 
 /// An object being read.
@@ -167,6 +180,7 @@ impl S3Bucket {
                 timeout: connection.limits.timeout,
                 sse: *server_side_encryption,
                 kms_key_id: kms_key_id.clone(),
+                allow_private: connection.allow_private_network,
             },
             client: OnceCell::new(),
         })
@@ -186,10 +200,14 @@ impl S3Bucket {
                 } else {
                     aws_sdk_s3::config::Builder::new().behavior_version(BehaviorVersion::latest())
                 };
+                // After `from(&shared)`: the credential chain keeps the SDK's client, the
+                // bucket's requests get the guarded one.
                 builder = builder
+                    .http_client(net::sdk_http_client(s.allow_private))
                     .region(Region::new(s.region.clone()))
                     .force_path_style(s.path_style)
                     .retry_config(RetryConfig::standard().with_max_attempts(3))
+                    .retry_classifier(net::RefusedIsFinal)
                     .timeout_config(
                         TimeoutConfig::builder()
                             .connect_timeout(s.connect_timeout)
@@ -224,6 +242,19 @@ impl S3Bucket {
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
         use aws_sdk_s3::error::SdkError;
+        if let Some(refused) = net::find_refused(err) {
+            return S3Error {
+                message: format!(
+                    "{what} `{key}` in bucket `{}` of `{}` failed: {}",
+                    self.bucket,
+                    self.connection,
+                    refused.message()
+                ),
+                code: None,
+                transient: false,
+                refused: true,
+            };
+        }
         let (code, transient, cause) = match err {
             SdkError::ServiceError(service) => {
                 let status = service.raw().status().as_u16();
@@ -249,6 +280,7 @@ impl S3Bucket {
             ),
             code,
             transient,
+            refused: false,
         }
     }
 
@@ -423,6 +455,7 @@ impl S3Bucket {
                 ),
                 code: None,
                 transient: true,
+                refused: false,
             }));
         }
         Ok(Multipart {
@@ -476,6 +509,7 @@ impl S3Bucket {
             message: format!("cannot sign a link to `{key}` for {ttl:?}: {err}"),
             code: None,
             transient: false,
+            refused: false,
         })?;
         let mut request = self
             .client()
@@ -657,6 +691,7 @@ impl Multipart {
                 message: format!("storing a part of `{}` failed: {join}", self.key),
                 code: None,
                 transient: true,
+                refused: false,
             })),
             None => Ok(()),
         }
@@ -672,6 +707,7 @@ impl Multipart {
                         message: other.to_string(),
                         code: None,
                         transient: true,
+                        refused: false,
                     },
                 });
             }
@@ -735,8 +771,10 @@ impl FailContext {
     where
         E: ProvideErrorMetadata + std::error::Error + 'static,
     {
-        let cause = match err {
-            aws_sdk_s3::error::SdkError::ServiceError(service) => service
+        let refused = net::find_refused(err);
+        let cause = match (refused, err) {
+            (Some(refused), _) => refused.message().to_string(),
+            (None, aws_sdk_s3::error::SdkError::ServiceError(service)) => service
                 .err()
                 .message()
                 .or(service.err().code())
@@ -744,7 +782,7 @@ impl FailContext {
                     || format!("status {}", service.raw().status().as_u16()),
                     str::to_string,
                 ),
-            other => DisplayErrorContext(other).to_string(),
+            (None, other) => DisplayErrorContext(other).to_string(),
         };
         S3Error {
             message: format!(
@@ -752,7 +790,8 @@ impl FailContext {
                 self.bucket, self.connection
             ),
             code: err.code().map(str::to_string),
-            transient: true,
+            transient: refused.is_none(),
+            refused: refused.is_some(),
         }
     }
 }

@@ -15,12 +15,25 @@
 //!
 //! [`http_client`] builds the one client per connection with all of it, and never uses a
 //! proxy from the environment (a proxy would resolve names itself, past the resolver).
+//!
+//! `s3` connections talk through the AWS SDK, whose HTTP client is not reqwest's:
+//! [`sdk_http_client`] builds it, per connection, with the same [`GuardedResolver`] (hyper
+//! likewise connects only to the addresses it returned, and skips it for IP literals, which
+//! the S3 wrapper and the files bucket check with [`check_url`]) and no proxy. The SDK follows
+//! no redirect (a `301` or `307` answer is an error), so there is no third gate to add;
+//! [`RefusedIsFinal`] keeps the SDK from retrying a refusal.
 
 use std::error::Error as StdError;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 
+use aws_smithy_runtime_api::client::dns::{DnsFuture, ResolveDns, ResolveDnsError};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+use aws_smithy_runtime_api::client::interceptors::context::InterceptorContext;
+use aws_smithy_runtime_api::client::retries::classifiers::{
+    ClassifyRetry, RetryAction, RetryClassifierPriority,
+};
 use reqwest::dns::{Addrs, Name, Resolve, Resolving};
 use url::{Host, Url};
 
@@ -162,21 +175,40 @@ pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Refused> {
 }
 
 /// Resolves names with the system resolver (`tokio::net::lookup_host`) and, unless the
-/// connection allows private networks, keeps only allowed addresses.
+/// connection allows private networks, keeps only allowed addresses. The resolver of both
+/// HTTP clients: reqwest's ([`Resolve`]) and the AWS SDK's ([`ResolveDns`]).
 #[derive(Debug, Clone, Copy)]
 pub struct GuardedResolver {
     pub allow_private: bool,
 }
 
+impl GuardedResolver {
+    /// The allowed addresses of `host` (with port 0: the client sets the port).
+    ///
+    /// # Errors
+    /// The lookup failed, or no allowed address is left (a [`Refused`]).
+    async fn lookup(&self, host: &str) -> Result<Vec<SocketAddr>, Box<dyn StdError + Send + Sync>> {
+        let found: Vec<SocketAddr> = tokio::net::lookup_host((host, 0)).await?.collect();
+        filter_addresses(host, found, self.allow_private)
+    }
+}
+
 impl Resolve for GuardedResolver {
     fn resolve(&self, name: Name) -> Resolving {
-        let allow_private = self.allow_private;
+        let resolver = *self;
         let host = name.as_str().to_string();
         Box::pin(async move {
-            let found: Vec<SocketAddr> =
-                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
-            let addrs = filter_addresses(&host, found, allow_private)?;
+            let addrs = resolver.lookup(&host).await?;
             Ok(Box::new(addrs.into_iter()) as Addrs)
+        })
+    }
+}
+
+impl ResolveDns for GuardedResolver {
+    fn resolve_dns<'a>(&'a self, name: &'a str) -> DnsFuture<'a> {
+        DnsFuture::new(async move {
+            let addrs = self.lookup(name).await.map_err(ResolveDnsError::new)?;
+            Ok(addrs.iter().map(SocketAddr::ip).collect())
         })
     }
 }
@@ -312,6 +344,47 @@ fn client(
                 root_cause(&err)
             )
         })
+}
+
+/// The AWS SDK's HTTP client for one `s3` connection: rustls (aws-lc, the SDK's default
+/// provider, with the platform's root certificates), the [`GuardedResolver`], and no proxy
+/// (the SDK's default client takes one from the environment, which would resolve names past
+/// the resolver). Its timeouts come from the SDK's config, per connection.
+pub fn sdk_http_client(allow_private: bool) -> SharedHttpClient {
+    use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+        .build_with_resolver(GuardedResolver { allow_private })
+}
+
+/// A retry classifier for the AWS SDK: a request the policy refused is not retried (the
+/// SDK would otherwise retry the failed lookup as an I/O error, with backoff, only to be
+/// refused again).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RefusedIsFinal;
+
+impl ClassifyRetry for RefusedIsFinal {
+    fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
+        let refused = match ctx.output_or_error() {
+            Some(Err(err)) => err
+                .as_connector_error()
+                .is_some_and(|err| find_refused(err).is_some()),
+            _ => false,
+        };
+        if refused {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "refused by the network policy"
+    }
+
+    fn priority(&self) -> RetryClassifierPriority {
+        RetryClassifierPriority::run_after(RetryClassifierPriority::transient_error_classifier())
+    }
 }
 
 /// The innermost error of a chain: the one that says what happened (`Connection refused`),
@@ -563,6 +636,62 @@ mod tests {
         .expect("resolves")
         .collect();
         assert!(addrs.iter().all(|a| a.ip().is_loopback()), "{addrs:?}");
+    }
+
+    #[tokio::test]
+    async fn the_sdk_resolver_refuses_localhost_unless_allowed() {
+        let guarded = GuardedResolver {
+            allow_private: false,
+        };
+        let err = match guarded.resolve_dns("localhost").await {
+            Ok(ips) => panic!("resolved to {ips:?}"),
+            Err(err) => err,
+        };
+        // The error hyper and the SDK wrap: the refusal stays findable in the chain.
+        let refused = find_refused(&err).expect("a refusal in the chain");
+        assert!(
+            refused
+                .message()
+                .starts_with("host `localhost` resolves only to private or reserved addresses ("),
+            "{refused}"
+        );
+        let allowed = GuardedResolver {
+            allow_private: true,
+        };
+        let ips = allowed.resolve_dns("localhost").await.expect("resolves");
+        assert!(!ips.is_empty());
+        assert!(ips.iter().all(IpAddr::is_loopback), "{ips:?}");
+    }
+
+    #[test]
+    fn a_refusal_is_not_retried_by_the_sdk_and_other_failures_are_left_to_it() {
+        use aws_smithy_runtime_api::client::interceptors::context::{Error, Input, Output};
+        use aws_smithy_runtime_api::client::orchestrator::OrchestratorError;
+        use aws_smithy_runtime_api::client::result::ConnectorError;
+
+        let classify = |connector: ConnectorError| {
+            let mut ctx: InterceptorContext = InterceptorContext::new(Input::erase(()));
+            ctx.set_output_or_error(Err(OrchestratorError::<Error>::connector(connector)));
+            RefusedIsFinal.classify_retry(&ctx)
+        };
+        let sock = SocketAddr::new(ip("127.0.0.1"), 0);
+        let refusal = filter_addresses("internal.example", vec![sock], false).expect_err("refused");
+        let wrapped = ResolveDnsError::new(refusal);
+        assert_eq!(
+            classify(ConnectorError::io(Box::new(wrapped))),
+            RetryAction::RetryForbidden
+        );
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert_eq!(
+            classify(ConnectorError::io(Box::new(reset))),
+            RetryAction::NoActionIndicated
+        );
+        let mut ok: InterceptorContext = InterceptorContext::new(Input::erase(()));
+        ok.set_output_or_error(Ok(Output::erase(())));
+        assert_eq!(
+            RefusedIsFinal.classify_retry(&ok),
+            RetryAction::NoActionIndicated
+        );
     }
 
     #[test]

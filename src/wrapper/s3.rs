@@ -556,6 +556,10 @@ fn shorten(value: &str) -> String {
 
 /// The kind of a storage failure: the one place that decides whether it is retried.
 pub fn storage_kind(err: &S3Error) -> ErrorKind {
+    if err.refused {
+        // The network policy refused the endpoint's address, as for REST and SOAP.
+        return ErrorKind::Refused;
+    }
     match err.code.as_deref() {
         // Like an HTTP 404: the request names something that is not there; trying again
         // would not help.

@@ -12,9 +12,9 @@
 //! of their own ([`harness::private_network`]), whose one interface is `lo`: nothing leaves the
 //! machine. 11.0.0.0/8 is neither private nor reserved, so the policy treats it as public.
 //!
-//! Not covered, a known gap: an `s3` connection's requests go through the AWS SDK's own HTTP
-//! client, which checks IP-literal endpoints only; a host name that resolves to a private
-//! address is not refused there (docs/files.md says so).
+//! `s3` connections go through the AWS SDK's HTTP client, built with the same resolver: a
+//! name that resolves to a private address is refused there too, and the SDK follows no
+//! redirect ([`s3_endpoints_named_by_host_go_through_the_same_resolver`]).
 
 #[path = "../integration/support/mod.rs"]
 #[allow(dead_code)]
@@ -175,6 +175,29 @@ limits: {{ timeout: 5s, connect_timeout: 2s }}
 retry: {{ max_attempts: 1 }}
 functions:
   ping: {{ body: "<Ping/>" }}
+"#
+    )
+}
+
+/// An `s3` connection `name` on `endpoint`, bucket `sb-bucket`, with static keys (files in the
+/// metadata folder) and two functions: `fetch` (`GetObject` of `ok`) and `bounce` (of
+/// `redirect`); one attempt.
+fn s3(name: &str, endpoint: &str, path_style: bool, allow_private: bool) -> String {
+    format!(
+        r#"connection: {name}
+type: s3
+endpoint: {endpoint}
+region: us-east-1
+bucket: sb-bucket
+path_style: {path_style}
+allow_private_network: {allow_private}
+checksums: when_required
+auth: {{ type: aws, access_key_id: "${{file:s3.key}}", secret_access_key: "${{file:s3.secret}}" }}
+limits: {{ timeout: 5s, connect_timeout: 2s }}
+retry: {{ max_attempts: 1 }}
+functions:
+  fetch: {{ operation: get, key: ok }}
+  bounce: {{ operation: get, key: redirect }}
 "#
     )
 }
@@ -831,6 +854,158 @@ async fn rebinding() {
         "DNS rebinding: the engine connects to the address it checked; loopback answers are refused",
         &format!(
             "rebinding name (11.1.1.1, then 127.0.0.1 at TTL 0): 1 call reached 11.1.1.1, 1 refused; mixed answer (127.0.0.1 + 11.1.1.1): {mixed_calls}/{mixed_calls} calls to 11.1.1.1; names answering only 127.0.0.1 (A) or ::ffff:127.0.0.1 (AAAA) refused; {queries} DNS queries answered; {reached} requests reached the loopback server on the same port (2 with allow_private_network; 1 from an unguarded client resolving again)"
+        ),
+    );
+}
+
+/// `s3` connections: the AWS SDK's HTTP client resolves names through the policy too.
+///
+/// Attack: an `s3` connection's endpoint is a name that resolves to loopback (from the test's
+/// DNS server, or `localhost` from `/etc/hosts`), or a public name whose virtual-hosted bucket
+/// name (`sb-bucket.s3-public.test`) resolves to loopback; a name with a loopback and a
+/// public answer; and a public fake S3 that answers a `GetObject` with `307` to loopback.
+/// Expected: each loopback one fails once with `refused`, the message naming the operation,
+/// key, bucket, connection, host and `allow_private_network`, after one DNS lookup (the SDK
+/// does not retry a refusal); the mixed name reaches the public server only; the `307` is not
+/// followed (the SDK follows no redirect); the fake S3 on loopback counts 0 requests, and one
+/// per control once the connections allow private networks.
+/// Figure: S3 endpoints refused, requests that reached loopback, controls.
+#[test]
+fn s3_endpoints_named_by_host_go_through_the_same_resolver() {
+    let test = "s3_endpoints_named_by_host_go_through_the_same_resolver";
+    if !harness::private_network(test, &[PUBLIC]) {
+        return;
+    }
+    let etc = tempfile::tempdir().expect("a temp folder");
+    harness::mount_file_over("/etc/resolv.conf", "nameserver 127.0.0.1\n", etc.path());
+    harness::mount_file_over("/etc/hosts", "127.0.0.1 localhost\n", etc.path());
+    runtime().block_on(s3_by_name());
+}
+
+/// The body of [`s3_endpoints_named_by_host_go_through_the_same_resolver`], in its namespace.
+async fn s3_by_name() {
+    let public_ip: Ipv4Addr = PUBLIC.parse().expect("an address");
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let dns = Dns::start(move |name, _| match name {
+        "s3-loopback.test" | "sb-bucket.s3-public.test" => Some(vec![loopback]),
+        "s3-public.test" => Some(vec![public_ip.into()]),
+        "s3-mixed.test" => Some(vec![loopback, public_ip.into()]),
+        _ => None,
+    })
+    .await;
+    // A fake S3 on loopback answers every `GetObject` with `{"ok": true}`; the public one on
+    // the same port with `{"public": true}`, and `redirect` with a `307` to the loopback one.
+    let local = Listener::sentinel((Ipv4Addr::LOCALHOST, 0).into()).await;
+    let port = local.port();
+    let stolen = format!("http://127.0.0.1:{port}/sb-bucket/stolen");
+    let public = Listener::start((public_ip, port).into(), move |path| {
+        if path.ends_with("/redirect") {
+            let mut response = redirect(&stolen);
+            *response.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+            return response;
+        }
+        ok(json!({ "public": true }))
+    })
+    .await;
+
+    let loopback_url = format!("http://s3-loopback.test:{port}");
+    let localhost_url = format!("http://localhost:{port}");
+    let virtual_url = format!("http://s3-public.test:{port}");
+    // (connection, endpoint, path style, the host refused)
+    let hostile = [
+        ("s3_loopback", &loopback_url, true, "s3-loopback.test"),
+        ("s3_localhost", &localhost_url, true, "localhost"),
+        (
+            "s3_virtual",
+            &virtual_url,
+            false,
+            "sb-bucket.s3-public.test",
+        ),
+    ];
+    let mut files = vec![
+        ("s3.key".to_string(), "AKIDEXAMPLE".to_string()),
+        ("s3.secret".to_string(), "secret-example".to_string()),
+        (
+            "s3_mixed.yaml".to_string(),
+            s3(
+                "s3_mixed",
+                &format!("http://s3-mixed.test:{port}"),
+                true,
+                false,
+            ),
+        ),
+    ];
+    for (name, endpoint, path_style, _) in &hostile {
+        files.push((
+            format!("{name}.yaml"),
+            s3(name, endpoint, *path_style, false),
+        ));
+        let control = format!("{name}_allowed");
+        files.push((
+            format!("{control}.yaml"),
+            s3(&control, endpoint, *path_style, true),
+        ));
+    }
+    let files: Vec<(&str, String)> = files.iter().map(|(n, t)| (n.as_str(), t.clone())).collect();
+    let sb = TestServer::start(&files).await;
+
+    for (name, _, _, host) in &hostile {
+        let callout = run(&sb, &format!("{name}.fetch")).await;
+        assert_refused(
+            &callout,
+            name,
+            &format!(
+                "reading `ok` in bucket `sb-bucket` of `{name}` failed: {}",
+                name_refusal(host, "127.0.0.1")
+            ),
+        );
+    }
+    for name in ["s3-loopback.test", "sb-bucket.s3-public.test"] {
+        assert_eq!(
+            dns.count(name),
+            1,
+            "{name}: a refusal is not retried by the SDK"
+        );
+    }
+
+    let mixed = run(&sb, "s3_mixed.fetch").await;
+    assert_eq!(mixed["status"], "succeeded", "{mixed:#}");
+    assert_eq!(mixed["result"]["data"]["body"], json!({ "public": true }));
+    let bounced = run(&sb, "s3_mixed.bounce").await;
+    assert_eq!(bounced["status"], "failed", "{bounced:#}");
+    assert_eq!(
+        public.seen(),
+        [
+            format!("s3-mixed.test:{port} /sb-bucket/ok"),
+            format!("s3-mixed.test:{port} /sb-bucket/redirect"),
+        ]
+    );
+    let reached = local.count();
+    assert_eq!(reached, 0, "requests reached loopback: {:?}", local.seen());
+
+    for (name, _, _, _) in &hostile {
+        let control = run(&sb, &format!("{name}_allowed.fetch")).await;
+        assert_eq!(control["status"], "succeeded", "{name}: {control:#}");
+        assert_eq!(control["result"]["data"]["body"], json!({ "ok": true }));
+    }
+    assert_eq!(
+        local.seen(),
+        [
+            format!("s3-loopback.test:{port} /sb-bucket/ok"),
+            format!("localhost:{port} /sb-bucket/ok"),
+            format!("sb-bucket.s3-public.test:{port} /ok"),
+        ]
+    );
+    sb.stop().await;
+
+    harness::figure(
+        ITEM,
+        "s3 endpoints named by host are resolved through the policy; the SDK follows no redirect",
+        &format!(
+            "{} s3 endpoints whose names resolve to 127.0.0.1 (DNS, /etc/hosts, a virtual-hosted bucket name): {} refused after 1 DNS lookup each; a mixed answer (127.0.0.1 + 11.1.1.1) reached 11.1.1.1; a 307 to 127.0.0.1 not followed; {reached} requests reached the fake S3 on loopback; {} controls reached it with allow_private_network",
+            hostile.len(),
+            hostile.len(),
+            hostile.len()
         ),
     );
 }

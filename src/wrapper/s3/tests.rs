@@ -2,6 +2,7 @@
 //! what each storage failure means for a retry, and the calls that fail before anything is
 //! sent. The operations against a real server are in `tests/integration/s3.rs`.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -267,6 +268,7 @@ fn storage_failures_are_classified_in_one_place() {
         message: "m".into(),
         code: code.map(str::to_string),
         transient,
+        refused: false,
     };
     let cases = [
         (Some("NoSuchKey"), false, ErrorKind::Rejected),
@@ -284,6 +286,12 @@ fn storage_failures_are_classified_in_one_place() {
         assert_eq!(storage_kind(&err), kind, "{code:?}");
         assert_eq!(storage_kind(&err).retryable(), transient, "{code:?}");
     }
+    let refused = S3Error {
+        refused: true,
+        ..failure(None, false)
+    };
+    assert_eq!(storage_kind(&refused), ErrorKind::Refused);
+    assert!(!storage_kind(&refused).retryable());
 }
 
 #[tokio::test]
@@ -331,6 +339,79 @@ async fn a_private_endpoint_is_refused_unless_allowed() {
     let err = error(&outcome);
     assert_eq!(err.kind, ErrorKind::Refused);
     assert!(err.message.contains("127.0.0.1"), "{}", err.message);
+}
+
+/// A fake S3 on loopback that answers every request with the object `{"ok":true}` and counts
+/// the connections it accepted.
+async fn counting_endpoint() -> (u16, Arc<std::sync::atomic::AtomicUsize>) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let port = listener.local_addr().expect("address").port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = br#"{"ok":true}"#;
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = socket.write_all(reply.as_bytes()).await;
+                let _ = socket.write_all(body).await;
+            });
+        }
+    });
+    (port, accepted)
+}
+
+#[tokio::test]
+async fn an_endpoint_named_by_host_that_resolves_to_loopback_is_refused_unless_allowed() {
+    use std::sync::atomic::Ordering;
+    let (port, accepted) = counting_endpoint().await;
+    let endpoint = format!("endpoint: http://localhost:{port}");
+    let wrapper = build(&docs_yaml(&endpoint));
+    let outcome = call(&wrapper, "fetch", json!({ "name": "a" })).await;
+    let err = error(&outcome);
+    let listed: Vec<String> = tokio::net::lookup_host(("localhost", 0))
+        .await
+        .expect("localhost resolves")
+        .map(|a| a.ip().to_string())
+        .collect();
+    assert_eq!(err.kind, ErrorKind::Refused, "{}", err.message);
+    assert!(!err.retryable());
+    assert_eq!(
+        err.message,
+        format!(
+            "reading `records/a` in bucket `crm-docs` of `docs` failed: host `localhost` resolves only to private or reserved addresses ({}); private addresses are refused unless the connection sets `allow_private_network: true`",
+            listed.join(", ")
+        )
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        0,
+        "nothing reached the server"
+    );
+
+    let wrapper = build(&docs_yaml(&format!(
+        "{endpoint}\nallow_private_network: true"
+    )));
+    let outcome = call(&wrapper, "fetch", json!({ "name": "a" })).await;
+    match &outcome.result {
+        Ok(data) => assert_eq!(data["body"], json!({ "ok": true }), "{data}"),
+        Err(err) => panic!("the allowed connection failed: {err:?}"),
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1);
 }
 
 #[tokio::test]
