@@ -163,7 +163,11 @@ pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Refused> {
     let ip = match url.host() {
         Some(Host::Ipv4(v4)) => IpAddr::V4(v4),
         Some(Host::Ipv6(v6)) => IpAddr::V6(v6),
-        Some(Host::Domain(_)) | None => return Ok(()),
+        Some(Host::Domain(name)) => match address_in_opaque_host(url.scheme(), name) {
+            Some(ip) => ip,
+            None => return Ok(()),
+        },
+        None => return Ok(()),
     };
     if is_forbidden(ip) {
         let host = url.host_str().unwrap_or_default();
@@ -172,6 +176,20 @@ pub fn check_url(url: &Url, allow_private: bool) -> Result<(), Refused> {
         )));
     }
     Ok(())
+}
+
+/// The address a host of a scheme the URL parser does not know (a plugin's `grpc://…`) spells,
+/// read as a web URL's host would be: the parser leaves such hosts as text, so
+/// `grpc://169.254.169.254` or `tcp://0x7f000001` would otherwise pass as names.
+fn address_in_opaque_host(scheme: &str, host: &str) -> Option<IpAddr> {
+    if matches!(scheme, "http" | "https" | "ws" | "wss" | "ftp" | "file") {
+        return None; // The parser already read any address in it.
+    }
+    match Url::parse(&format!("http://{host}/")).ok()?.host()? {
+        Host::Ipv4(v4) => Some(IpAddr::V4(v4)),
+        Host::Ipv6(v6) => Some(IpAddr::V6(v6)),
+        Host::Domain(_) => None,
+    }
 }
 
 /// Resolves names with the system resolver (`tokio::net::lookup_host`) and, unless the
@@ -560,6 +578,23 @@ mod tests {
             "https://0xa9fea9fe/",
         ] {
             assert!(refused(url), "{url} should be refused");
+        }
+    }
+
+    #[test]
+    fn addresses_in_hosts_of_other_schemes_are_refused_too() {
+        for url in [
+            "grpc://169.254.169.254:443",
+            "tcp://10.0.0.5",
+            "custom://0x7f000001/",
+            "custom://0177.0.0.1/x",
+            "grpc://[::1]:50051",
+            "amqp://[::ffff:127.0.0.1]/",
+        ] {
+            assert!(refused(url), "{url} should be refused");
+        }
+        for url in ["grpc://ledger.example.com:443", "tcp://8.8.8.8:53"] {
+            assert!(!refused(url), "{url} should pass the literal check");
         }
     }
 
