@@ -411,7 +411,10 @@ fn is_decimal(text: &str) -> bool {
             .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'))
 }
 
-/// `text` escaped for XML character data and attribute values.
+/// `text` escaped for XML character data and attribute values. Tab, line feed and carriage
+/// return are written as character references: a parser turns a raw carriage return into a line
+/// feed, and raw white space in an attribute value into spaces, so the value would not arrive
+/// as it was.
 ///
 /// # Errors
 /// The text holds a character XML 1.0 cannot carry (most control characters), named by its
@@ -424,7 +427,9 @@ pub fn escape(text: &str, out: &mut String) -> Result<(), String> {
             '>' => out.push_str("&gt;"),
             '"' => out.push_str("&quot;"),
             '\'' => out.push_str("&apos;"),
-            '\t' | '\n' | '\r' => out.push(c),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
             c if (c as u32) < 0x20 || c == '\u{fffe}' || c == '\u{ffff}' => {
                 return Err(format!("U+{:04X} cannot be written in XML 1.0", c as u32));
             }

@@ -184,3 +184,19 @@ fn escape_writes_markup_as_text_and_refuses_control_characters() {
         Err("U+0007 cannot be written in XML 1.0".to_string())
     );
 }
+
+/// Found by `fuzz/fuzz_targets/xml_to_json.rs`: a carriage return written raw read back as a
+/// line feed, and a tab or line break in an attribute as a space.
+#[test]
+fn fuzz_regression_escaped_white_space_reads_back_unchanged() {
+    let text = "a < b & c > \"d\" 'e'\t\n\r\n";
+    let mut escaped = String::new();
+    escape(text, &mut escaped).expect("escapable");
+    assert_eq!(
+        escaped,
+        "a &lt; b &amp; c &gt; &quot;d&quot; &apos;e&apos;&#9;&#10;&#13;&#10;"
+    );
+    let root = parse(format!("<a b=\"{escaped}\">{escaped}</a>").as_bytes()).expect("well-formed");
+    assert_eq!(root.text, text);
+    assert_eq!(root.attributes[0].value, text);
+}
