@@ -2,14 +2,13 @@
 //! duplicate only for calls that were in flight at the kill (at most the cap, 25).
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use crate::support::engine::{Api, metric_value, pointed};
+use crate::support::engine::pointed;
+use crate::support::serve::Serve;
 use crate::support::upstream::{Reply, Upstream};
 
 const CALLOUTS: usize = 2000;
@@ -45,109 +44,6 @@ fn sink_folder(upstream: &Upstream) -> (tempfile::TempDir, PathBuf, String) {
         .expect("write metadata");
     let db = format!("sqlite://{}", dir.path().join("sb.db").display());
     (dir, metadata, db)
-}
-
-/// A `switchboard serve` process, killed (SIGKILL) when dropped so that a failing test
-/// leaves nothing behind.
-struct Serve {
-    child: Child,
-    log: PathBuf,
-    api: Api,
-}
-
-impl Serve {
-    /// Starts `switchboard serve --dev` on a free port and waits until `/healthz` answers;
-    /// tries another port if that one was taken meanwhile.
-    async fn start(metadata: &Path, db: &str, log: PathBuf) -> Serve {
-        for _ in 0..3 {
-            let port = free_port();
-            let out = File::create(&log).expect("create the log file");
-            let err = out.try_clone().expect("clone the log file");
-            let child = Command::new(env!("CARGO_BIN_EXE_switchboard"))
-                .args(["serve", "--dev", "--metadata"])
-                .arg(metadata)
-                .args(["--db", db, "--listen", &format!("127.0.0.1:{port}")])
-                .env("RUST_LOG", "warn")
-                .stdin(Stdio::null())
-                .stdout(Stdio::from(out))
-                .stderr(Stdio::from(err))
-                .spawn()
-                .expect("switchboard serve starts");
-            let api = Api::new(format!("http://127.0.0.1:{port}"), None);
-            let mut serve = Serve {
-                child,
-                log: log.clone(),
-                api,
-            };
-            let deadline = Instant::now() + Duration::from_secs(20);
-            loop {
-                if let Ok(Some(status)) = serve.child.try_wait() {
-                    let text = serve.log_text();
-                    assert!(
-                        text.contains("cannot listen on"),
-                        "switchboard serve exited with {status}:\n{text}"
-                    );
-                    break; // The port was taken meanwhile: try another.
-                }
-                if serve.api.healthy().await {
-                    return serve;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "no /healthz within 20 s:\n{}",
-                    serve.log_text()
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-        panic!("switchboard serve found no free port in 3 tries");
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// Callouts (succeeded, running) now, from one scrape of `/metrics`.
-    async fn counts(&self) -> (usize, usize) {
-        let (status, text) = self.api.get_text("/metrics").await;
-        assert_eq!(status, reqwest::StatusCode::OK, "{text}");
-        let count = |s: &str| {
-            let series = format!("switchboard_callouts{{status=\"{s}\"}}");
-            metric_value(&text, &series).unwrap_or(0.0) as usize
-        };
-        (count("succeeded"), count("running"))
-    }
-}
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// A port nothing listens on now (bound, then released), below the kernel's ephemeral range:
-/// every `127.0.0.1:0` bind of the tests running beside this one (upstreams, servers) and every
-/// outgoing connection takes its port from that range, so none of them can take this port
-/// between its release here and the child's bind.
-fn free_port() -> u16 {
-    let ephemeral_low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
-        .and_then(|text| text.split_whitespace().next()?.parse::<u16>().ok())
-        .unwrap_or(32768);
-    let low = 10_000.min(ephemeral_low / 2);
-    for _ in 0..100 {
-        let port = rand::random_range(low..ephemeral_low);
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    panic!("no free port in {low}..{ephemeral_low}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -223,15 +119,6 @@ async fn sigkill_mid_run_loses_nothing_and_duplicates_at_most_the_calls_in_fligh
     );
 }
 
-/// Sends `signal` (like `-TERM`) to the process.
-fn signal(child: &Child, signal: &str) {
-    let status = Command::new("kill")
-        .args([signal, &child.id().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(status.success(), "kill {signal} failed");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
     let upstream =
@@ -254,7 +141,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let sent_before_term = upstream.count();
-    signal(&first.child, "-TERM");
+    first.signal("-TERM");
     let deadline = Instant::now() + Duration::from_secs(20);
     let status = loop {
         if let Ok(Some(status)) = first.child.try_wait() {
@@ -322,7 +209,7 @@ async fn sighup_reloads_the_metadata_and_keeps_the_old_version_when_it_is_invali
         "connection: broken\ntype: rest\n",
     )
     .expect("write");
-    signal(&serve.child, "-HUP");
+    serve.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !serve.log_text().contains("reload refused") {
         assert!(
@@ -339,7 +226,7 @@ async fn sighup_reloads_the_metadata_and_keeps_the_old_version_when_it_is_invali
     std::fs::remove_file(metadata.join("broken.yaml")).expect("remove");
     let extra = sink.replace("connection: sink", "connection: sink_two");
     std::fs::write(metadata.join("two.yaml"), extra).expect("write");
-    signal(&serve.child, "-HUP");
+    serve.signal("-HUP");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let (_, body) = serve.api.get("/v1/functions").await;

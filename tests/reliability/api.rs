@@ -18,8 +18,9 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use harness::{Serve, ServeOptions, figure, open_fds, raise_open_files_limit};
+use harness::{figure, open_fds, raise_open_files_limit};
 use support::engine::{Api, pointed};
+use support::serve::{Serve, ServeOptions};
 use support::upstream::{Reply, Upstream};
 
 const ITEM: &str = "7 API";

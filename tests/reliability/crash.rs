@@ -28,8 +28,9 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 use tokio::sync::watch;
 
-use harness::{Serve, ServeOptions, figure};
+use harness::figure;
 use support::engine::{metric_value, pointed};
+use support::serve::{Serve, ServeOptions};
 use support::upstream::{IDEMPOTENCY_HEADER, Reply, Upstream};
 
 /// The engine's default cap: at most this many calls are in flight at a kill.

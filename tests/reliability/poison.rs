@@ -13,8 +13,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use harness::figure;
 use harness::raw::{Misbehaviour, RawUpstream};
-use harness::{Serve, ServeOptions, figure};
+use support::serve::{Serve, ServeOptions};
 use support::upstream::{Reply, Upstream};
 
 const ITEM: &str = "3 poison";

@@ -20,7 +20,8 @@ use switchboard::metadata::Loader;
 use switchboard::wrapper::registry::secret_reader;
 use switchboard::wrapper::{RestWrapper, S3Wrapper, SoapWrapper};
 
-use harness::{Serve, ServeOptions, figure};
+use harness::figure;
+use support::serve::{Serve, ServeOptions};
 use support::upstream::{Reply, Seen, Upstream};
 
 const ITEM: &str = "6 secrets";

@@ -21,8 +21,9 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use harness::{Serve, figure};
+use harness::figure;
 use support::engine::pointed;
+use support::serve::Serve;
 use support::upstream::{Reply, Upstream};
 
 const SINK: &str = r#"connection: sink

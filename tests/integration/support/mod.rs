@@ -2,6 +2,7 @@
 
 pub mod engine;
 pub mod s3;
+pub mod serve;
 pub mod upstream;
 
 use std::path::{Path, PathBuf};
