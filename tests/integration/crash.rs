@@ -2,13 +2,12 @@
 //! duplicate only for calls that were in flight at the kill (at most the cap, 25).
 
 use std::collections::HashSet;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
 use crate::support::engine::pointed;
-use crate::support::serve::Serve;
+use crate::support::serve::{SINK, Serve, sink_folder};
 use crate::support::upstream::{Reply, Upstream};
 
 const CALLOUTS: usize = 2000;
@@ -16,42 +15,12 @@ const CHUNK: usize = 500;
 /// The engine's default cap: at most this many calls are in flight at the kill.
 const CAP: usize = 25;
 
-const SINK: &str = r#"connection: sink
-type: rest
-endpoint: UPSTREAM/sink
-allow_private_network: true
-limits: { timeout: 5s, connect_timeout: 1s }
-retry: { max_attempts: 10, initial_delay: 50ms, max_delay: 200ms }
-functions:
-  put:
-    method: POST
-    path: /items
-    body: { n: "{{ input.n }}" }
-    input_schema:
-      type: object
-      required: [n]
-      properties:
-        n: { type: integer }
-"#;
-
-/// A temp folder holding `metadata/sink.yaml` pointed at `upstream`, the metadata folder, and
-/// the URL of a database file beside it.
-fn sink_folder(upstream: &Upstream) -> (tempfile::TempDir, PathBuf, String) {
-    let dir = tempfile::tempdir().expect("temp folder");
-    let metadata = dir.path().join("metadata");
-    std::fs::create_dir(&metadata).expect("metadata folder");
-    std::fs::write(metadata.join("sink.yaml"), pointed(SINK, &upstream.url()))
-        .expect("write metadata");
-    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
-    (dir, metadata, db)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_mid_run_loses_nothing_and_duplicates_at_most_the_calls_in_flight() {
     let upstream =
         Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(20)))
             .await;
-    let (dir, metadata, db) = sink_folder(&upstream);
+    let (dir, metadata, db) = sink_folder(SINK, &upstream.url());
 
     let mut first = Serve::start(&metadata, &db, dir.path().join("first.log")).await;
     let mut ids = Vec::with_capacity(CALLOUTS);
@@ -124,7 +93,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
     let upstream =
         Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(400)))
             .await;
-    let (dir, metadata, db) = sink_folder(&upstream);
+    let (dir, metadata, db) = sink_folder(SINK, &upstream.url());
 
     let mut first = Serve::start(&metadata, &db, dir.path().join("first.log")).await;
     let items: Vec<Value> = (0..60)
@@ -189,7 +158,7 @@ async fn sigterm_lets_calls_in_flight_finish_and_keeps_the_rest_queued() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_reloads_the_metadata_and_keeps_the_old_version_when_it_is_invalid() {
     let upstream = Upstream::ok().await;
-    let (dir, metadata, db) = sink_folder(&upstream);
+    let (dir, metadata, db) = sink_folder(SINK, &upstream.url());
     let sink = pointed(SINK, &upstream.url());
     let serve = Serve::start(&metadata, &db, dir.path().join("serve.log")).await;
 

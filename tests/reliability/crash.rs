@@ -18,7 +18,6 @@ mod harness;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::os::unix::process::ExitStatusExt;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,41 +28,12 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use harness::figure;
-use support::engine::{metric_value, pointed};
-use support::serve::{Serve, ServeOptions};
+use support::engine::metric_value;
+use support::serve::{SINK, Serve, ServeOptions, sink_folder};
 use support::upstream::{IDEMPOTENCY_HEADER, Reply, Upstream};
 
 /// The engine's default cap: at most this many calls are in flight at a kill.
 const CAP: usize = 25;
-
-const SINK: &str = r#"connection: sink
-type: rest
-endpoint: UPSTREAM/sink
-allow_private_network: true
-limits: { timeout: 5s, connect_timeout: 1s }
-retry: { max_attempts: 10, initial_delay: 50ms, max_delay: 200ms }
-functions:
-  put:
-    method: POST
-    path: /items
-    body: { n: "{{ input.n }}" }
-    input_schema:
-      type: object
-      required: [n]
-      properties:
-        n: { type: integer }
-"#;
-
-/// A temp folder holding `metadata/sink.yaml` (the connection `yaml` pointed at `upstream`),
-/// the metadata folder, and the URL of a database file beside it.
-fn folder(yaml: &str, upstream: &str) -> (tempfile::TempDir, PathBuf, String) {
-    let dir = tempfile::tempdir().expect("temp folder");
-    let metadata = dir.path().join("metadata");
-    std::fs::create_dir(&metadata).expect("metadata folder");
-    std::fs::write(metadata.join("sink.yaml"), pointed(yaml, upstream)).expect("write metadata");
-    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
-    (dir, metadata, db)
-}
 
 /// Polls `serve`'s counts until at least `target` callouts succeeded; returns the counts
 /// (succeeded, running) of the last scrape.
@@ -98,7 +68,7 @@ async fn three_sigkills_during_ten_thousand_callouts_lose_nothing() {
     let upstream =
         Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(20)))
             .await;
-    let (dir, metadata, db) = folder(SINK, &upstream.url());
+    let (dir, metadata, db) = sink_folder(SINK, &upstream.url());
     let log = |n: usize| dir.path().join(format!("run{n}.log"));
 
     let mut serve = Serve::start(&metadata, &db, log(1)).await;
@@ -175,7 +145,7 @@ async fn three_sigkills_during_ten_thousand_callouts_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_between_commit_and_answer_leaves_a_callout_the_retry_finds() {
     let upstream = Upstream::start(|_| Reply::ok(json!({ "stored": true }))).await;
-    let (dir, metadata, db) = folder(SINK, &upstream.url());
+    let (dir, metadata, db) = sink_folder(SINK, &upstream.url());
     let armed = ServeOptions {
         env: vec![(
             switchboard::failpoint::VAR.to_string(),
@@ -393,7 +363,7 @@ fn lease_row(db_file: &std::path::Path, id: &str) -> (String, i64, Option<i64>) 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_engines_late_result_is_fenced() {
     let upstream = Gated::start().await;
-    let (dir, metadata, db) = folder(SLOW, &upstream.url());
+    let (dir, metadata, db) = sink_folder(SLOW, &upstream.url());
     let db_file = dir.path().join("sb.db");
     let short_lease = ServeOptions {
         args: vec!["--min-lease".into(), "2s".into()],

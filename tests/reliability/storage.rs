@@ -14,7 +14,7 @@ mod harness;
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -22,38 +22,8 @@ use reqwest::StatusCode;
 use serde_json::{Value, json};
 
 use harness::figure;
-use support::engine::pointed;
-use support::serve::Serve;
+use support::serve::{SINK, Serve, sink_folder};
 use support::upstream::{Reply, Upstream};
-
-const SINK: &str = r#"connection: sink
-type: rest
-endpoint: UPSTREAM/sink
-allow_private_network: true
-limits: { timeout: 5s, connect_timeout: 1s }
-retry: { max_attempts: 10, initial_delay: 50ms, max_delay: 200ms }
-functions:
-  put:
-    method: POST
-    path: /items
-    body: { n: "{{ input.n }}" }
-    input_schema:
-      type: object
-      required: [n]
-      properties:
-        n: { type: integer }
-"#;
-
-/// A temp folder holding `metadata/sink.yaml` pointed at `upstream`; returns it and the
-/// metadata folder.
-fn metadata_folder(upstream: &Upstream) -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("temp folder");
-    let metadata = dir.path().join("metadata");
-    std::fs::create_dir(&metadata).expect("metadata folder");
-    std::fs::write(metadata.join("sink.yaml"), pointed(SINK, &upstream.url()))
-        .expect("write metadata");
-    (dir, metadata)
-}
 
 /// One enqueue's answer: status, `Retry-After`, body.
 struct Answer {
@@ -301,7 +271,7 @@ async fn a_full_disk_refuses_work_with_503_and_loses_nothing() {
     let upstream =
         Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(100)))
             .await;
-    let (dir, metadata) = metadata_folder(&upstream);
+    let (dir, metadata, _) = sink_folder(SINK, &upstream.url());
     // Declared before the engine: dropped after it, so the mount is no longer in use.
     let tmpfs = Tmpfs::mount("4m");
     let db = format!("sqlite://{}", tmpfs.path().join("sb.db").display());
@@ -467,7 +437,7 @@ async fn a_database_locked_by_another_process_refuses_work_with_503_and_loses_no
     let upstream =
         Upstream::start(|_| Reply::ok(json!({ "stored": true })).hold(Duration::from_millis(100)))
             .await;
-    let (dir, metadata) = metadata_folder(&upstream);
+    let (dir, metadata, _) = sink_folder(SINK, &upstream.url());
     let db_file = dir.path().join("sb.db");
     let db = format!("sqlite://{}", db_file.display());
     let mut serve = Serve::start(&metadata, &db, dir.path().join("serve.log")).await;

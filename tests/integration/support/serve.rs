@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::support::engine::{Api, metric_value};
+use crate::support::engine::{Api, metric_value, pointed};
 
 /// A `switchboard serve` process, killed (SIGKILL) when dropped so that a failing test
 /// leaves nothing behind.
@@ -159,4 +159,36 @@ pub fn free_port() -> u16 {
         }
     }
     panic!("no free port in {low}..{ephemeral_low}");
+}
+
+/// A connection `sink` whose function `put` posts `{n}` to the upstream, with quick retries:
+/// the load of the crash and storage tests. Its endpoint is `UPSTREAM/sink`, for
+/// [`sink_folder`] to point.
+pub const SINK: &str = r#"connection: sink
+type: rest
+endpoint: UPSTREAM/sink
+allow_private_network: true
+limits: { timeout: 5s, connect_timeout: 1s }
+retry: { max_attempts: 10, initial_delay: 50ms, max_delay: 200ms }
+functions:
+  put:
+    method: POST
+    path: /items
+    body: { n: "{{ input.n }}" }
+    input_schema:
+      type: object
+      required: [n]
+      properties:
+        n: { type: integer }
+"#;
+
+/// A temp folder holding `metadata/sink.yaml` (the connection `yaml` pointed at `upstream`),
+/// the metadata folder, and the URL of a database file beside it.
+pub fn sink_folder(yaml: &str, upstream: &str) -> (tempfile::TempDir, PathBuf, String) {
+    let dir = tempfile::tempdir().expect("temp folder");
+    let metadata = dir.path().join("metadata");
+    std::fs::create_dir(&metadata).expect("metadata folder");
+    std::fs::write(metadata.join("sink.yaml"), pointed(yaml, upstream)).expect("write metadata");
+    let db = format!("sqlite://{}", dir.path().join("sb.db").display());
+    (dir, metadata, db)
 }
