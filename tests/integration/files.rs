@@ -15,7 +15,7 @@ use switchboard::offload::{ScanHook, Scanner};
 use switchboard::server::ServerConfig;
 
 use crate::support::engine::{KEY, POLL, TestServer};
-use crate::support::s3;
+use crate::support::{payload, s3, sha256};
 
 const MIB: usize = 1024 * 1024;
 
@@ -164,23 +164,6 @@ async fn answer(response: reqwest::Response) -> Answer {
         headers,
         body,
     }
-}
-
-/// `n` pseudo-random bytes (xorshift): a chunk lost, doubled or moved changes them.
-fn payload(n: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..n)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state.to_le_bytes()[0]
-        })
-        .collect()
-}
-
-fn sha256(data: &[u8]) -> String {
-    hex::encode(Sha256::digest(data))
 }
 
 /// The size and SHA-256 of what `url` answers, read as a stream.

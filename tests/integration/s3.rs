@@ -12,10 +12,9 @@ use aws_sdk_s3::Client;
 use aws_sdk_s3::primitives::ByteStream;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 
 use crate::support::engine::TestServer;
-use crate::support::s3;
+use crate::support::{payload, s3, sha256};
 
 /// How long any single callout may take to reach the status a test waits for.
 const DEADLINE: Duration = Duration::from_secs(20);
@@ -112,23 +111,6 @@ impl Setup {
         let id = self.sb.api.enqueue(function, input).await;
         self.sb.api.wait_for_status(&id, &[status], DEADLINE).await
     }
-}
-
-/// `size` pseudo-random bytes (xorshift), the same for the same seed.
-fn payload(size: usize, seed: u32) -> Vec<u8> {
-    let mut state = seed | 1;
-    (0..size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state.to_le_bytes()[0]
-        })
-        .collect()
-}
-
-fn sha256(bytes: &[u8]) -> String {
-    hex::encode(Sha256::digest(bytes))
 }
 
 #[tokio::test]

@@ -6,29 +6,15 @@ use std::time::Duration;
 
 use aws_sdk_s3::presigning::PresigningConfig;
 use aws_sdk_s3::primitives::ByteStream;
-use sha2::{Digest, Sha256};
 
 use crate::support::{self, s3};
-
-/// 3 MiB of pseudo-random bytes (xorshift): a chunk read twice or out of order changes them.
-fn payload() -> Vec<u8> {
-    let mut state = 0x2545_f491_u32;
-    (0..3 * 1024 * 1024)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 17;
-            state ^= state << 5;
-            state.to_le_bytes()[0]
-        })
-        .collect()
-}
 
 #[tokio::test]
 async fn stored_object_reads_back_by_client_and_presigned_link() {
     let Some(url) = s3::s3_url() else { return };
     let client = s3::client(&url).await;
     let bucket = s3::fresh_bucket(&client).await;
-    let body = payload();
+    let body = support::payload(3 * 1024 * 1024, 0x2545_f491);
     let key = "smoke/three-megabytes.bin";
     client
         .put_object()
@@ -39,7 +25,7 @@ async fn stored_object_reads_back_by_client_and_presigned_link() {
         .await
         .expect("put the object");
 
-    let expected = hex::encode(Sha256::digest(&body));
+    let expected = support::sha256(&body);
     assert_eq!(
         s3::object_sha256(&client, &bucket, key).await,
         (body.len() as u64, expected)

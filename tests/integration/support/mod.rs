@@ -45,3 +45,23 @@ pub fn problems(path: &Path) -> Vec<String> {
         Err(problems) => problems.iter().map(|p| p.to_string()).collect(),
     }
 }
+
+/// `size` pseudo-random bytes (xorshift), the same for the same seed: a chunk lost, doubled or
+/// moved on the way changes them.
+pub fn payload(size: usize, seed: u32) -> Vec<u8> {
+    let mut state = seed | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 17;
+            state ^= state << 5;
+            state.to_le_bytes()[0]
+        })
+        .collect()
+}
+
+/// The SHA-256 of `bytes`, in lowercase hex.
+pub fn sha256(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
+}
